@@ -1,0 +1,338 @@
+"""One lane of the request queue: a concurrency limit with a bounded, prioritised waiting line.
+
+This is where a queued request waits. A request *arrives* with a priority class; it is admitted at once
+while fewer than ``concurrency`` requests of the lane run, waits in line while fewer than
+``max_queue_size`` wait, and is rejected otherwise. A finished request *releases* its slot, which goes
+straight to the best waiter (lowest class, then first come), so a slot is never idle while someone waits.
+
+The bookkeeping (``arrive``, ``release``, ``abandon``) never blocks and is what the property tests drive;
+``acquire`` adds the blocking wait on top. Every state change happens under the lane's lock, and each
+ticket moves WAITING -> ADMITTED -> DONE or WAITING -> REJECTED once, which is what makes admission,
+rejection and release happen exactly once per request whatever the threads do.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from .exceptions import ConfigurationError
+
+#: Why a request was rejected.
+REASONS = ("full", "timeout", "too_old", "shed")
+
+WAITING, ADMITTED, DONE, REJECTED = range(4)
+
+_WINDOW = 2048  # samples kept per percentile window
+_EWMA_WEIGHT = 0.1  # weight of the newest service time in the drain-rate estimate
+_RETRY_AFTER_MAX = 300
+
+
+class Ticket:
+    """A request's place in a lane. ``reason`` is set when the request was rejected."""
+
+    __slots__ = (
+        "_wakeup",
+        "admitted_at",
+        "arrived",
+        "priority",
+        "reason",
+        "seq",
+        "state",
+    )
+
+    def __init__(self, priority: int, seq: int, arrived: float) -> None:
+        self.priority = priority
+        self.seq = seq
+        self.arrived = arrived
+        self.admitted_at = 0.0
+        self.state = WAITING
+        self.reason: str | None = None
+        self._wakeup: threading.Lock | None = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.release()
+
+    def __repr__(self) -> str:
+        state = ("waiting", "admitted", "done", "rejected")[self.state]
+        return f"<Ticket #{self.seq} class={self.priority} {state}{' ' + self.reason if self.reason else ''}>"
+
+
+class _Window:
+    """The most recent samples of a duration, for percentiles. Callers hold the lane's lock."""
+
+    __slots__ = ("_index", "_samples")
+
+    def __init__(self) -> None:
+        self._samples: list[float] = []
+        self._index = 0
+
+    def add(self, value: float) -> None:
+        if len(self._samples) < _WINDOW:
+            self._samples.append(value)
+        else:
+            self._samples[self._index] = value
+            self._index = (self._index + 1) % _WINDOW
+
+    def percentiles_ms(self) -> dict[str, float | None]:
+        """Nearest-rank p50/p95/p99 in milliseconds; ``None`` when there is no sample yet."""
+        ordered = sorted(self._samples)
+        if not ordered:
+            return {"p50": None, "p95": None, "p99": None}
+        last = len(ordered) - 1
+        return {
+            name: round(ordered[min(last, math.ceil(q * len(ordered)) - 1)] * 1000.0, 3)
+            for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+        }
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or math.isinf(value)
+    ):
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds, got {value!r}"
+        )
+    return float(value)
+
+
+class Lane:
+    """A concurrency limit with a bounded waiting line, per process.
+
+    :param concurrency: how many requests of the lane run at once.
+    :param max_queue_size: how many may wait for a slot; 0 rejects whenever all slots are taken.
+    :param queue_timeout: seconds a request may wait in all, counting upstream time, before it is rejected.
+    :param max_age: seconds after which a request is rejected without running (``None``: no limit).
+    :raises ConfigurationError: (a ``ValueError``) naming the first invalid setting.
+
+    Thread-safe. ``clock`` is ``time.monotonic`` and exists for tests of the bookkeeping.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        concurrency: int,
+        max_queue_size: int,
+        queue_timeout: float,
+        max_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"a lane needs a non-empty name, got {name!r}")
+        self.name = name
+        self.concurrency = _positive_int("concurrency", concurrency)
+        self.max_queue_size = _non_negative_int("max_queue_size", max_queue_size)
+        self.queue_timeout = _positive_seconds("queue_timeout", queue_timeout)
+        self.max_age = (
+            None if max_age is None else _positive_seconds("max_age", max_age)
+        )
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running = 0
+        # priority class -> tickets in arrival order; only non-empty classes are present.
+        self._waiting: dict[int, OrderedDict[int, Ticket]] = {}
+        self._n_waiting = 0
+        self._seq = 0
+        self._admitted = 0
+        self._rejected = dict.fromkeys(REASONS, 0)
+        self._wait = _Window()
+        self._service = _Window()
+        self._upstream = _Window()
+        self._service_ewma: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Lane {self.name!r} running={self._running}/{self.concurrency} waiting={self._n_waiting}/{self.max_queue_size}>"
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        return self._n_waiting
+
+    # -- bookkeeping: never blocks ------------------------------------------------------------------------
+
+    def arrive(self, priority: int = 0, upstream: float = 0.0) -> Ticket:
+        """Register a request; the ticket comes back ADMITTED, WAITING or REJECTED.
+
+        ``upstream`` is the time the request already spent before reaching the app (``X-Request-Start``). A
+        request older than ``max_age`` is rejected ``too_old``; one that would have to wait with its
+        ``queue_timeout`` already spent upstream is rejected ``timeout`` at once, without joining the line.
+        When the line is full, a request of a more important class takes the place of the least important
+        waiter (the newest of the highest class), which is rejected ``shed``.
+        """
+        now = self._clock()
+        with self._lock:
+            self._seq += 1
+            ticket = Ticket(priority, self._seq, now - upstream)
+            if upstream:
+                self._upstream.add(upstream)
+            if self.max_age is not None and upstream >= self.max_age:
+                self._reject_locked(ticket, "too_old")
+            elif self._running < self.concurrency:
+                self._admit_locked(ticket, now)
+            elif upstream >= self.queue_timeout:
+                self._reject_locked(ticket, "timeout")
+            elif self._n_waiting < self.max_queue_size:
+                self._enqueue_locked(ticket)
+            else:
+                victim = self._least_important_locked()
+                if victim is not None and victim.priority > priority:
+                    self._remove_locked(victim)
+                    self._reject_locked(victim, "shed")
+                    victim._wake()
+                    self._enqueue_locked(ticket)
+                else:
+                    self._reject_locked(ticket, "full")
+            return ticket
+
+    def release(self, ticket: Ticket) -> Ticket | None:
+        """Free an admitted ticket's slot and hand it to the best waiter, which is returned (already woken).
+
+        Releasing a ticket that is not ADMITTED (released before, rejected, still waiting) does nothing, so
+        a slot is released exactly once whatever calls this.
+        """
+        now = self._clock()
+        with self._lock:
+            if ticket.state != ADMITTED:
+                return None
+            ticket.state = DONE
+            self._running -= 1
+            service = now - ticket.admitted_at
+            self._service.add(service)
+            ewma = self._service_ewma
+            self._service_ewma = (
+                service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
+            )
+            if not self._n_waiting:
+                return None
+            best = self._waiting[min(self._waiting)]
+            _, nxt = best.popitem(last=False)
+            self._forget_class_if_empty_locked(nxt.priority)
+            self._n_waiting -= 1
+            self._admit_locked(nxt, now)
+        nxt._wake()
+        return nxt
+
+    def abandon(self, ticket: Ticket, reason: str) -> bool:
+        """Take a WAITING ticket out of line, rejected for ``reason``; ``False`` if it was admitted meanwhile."""
+        with self._lock:
+            if ticket.state != WAITING:
+                return False
+            self._remove_locked(ticket)
+            self._reject_locked(ticket, reason)
+            return True
+
+    # -- blocking -----------------------------------------------------------------------------------------
+
+    def acquire(self, priority: int = 0, upstream: float = 0.0) -> Ticket:
+        """Arrive, and wait in line if need be until admitted or rejected. Blocks the calling thread.
+
+        The wait ends at whichever comes first: ``queue_timeout`` (rejected ``timeout``) or ``max_age``
+        (rejected ``too_old``), both counted from the upstream start time.
+        """
+        ticket = self.arrive(priority, upstream)
+        if ticket.state == WAITING:
+            self.wait(ticket)
+        return ticket
+
+    def wait(self, ticket: Ticket) -> None:
+        """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such)."""
+        timeout_at = ticket.arrived + self.queue_timeout
+        age_at = math.inf if self.max_age is None else ticket.arrived + self.max_age
+        deadline, reason = (
+            (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
+        )
+        wakeup = ticket._wakeup
+        assert wakeup is not None, "a WAITING ticket always has its wake-up lock"
+        remaining = deadline - self._clock()
+        if remaining > 0 and wakeup.acquire(timeout=remaining):
+            return
+        if not self.abandon(ticket, reason):
+            # Admitted (or shed) between the timeout and the abandon: the release happened, so take it.
+            wakeup.acquire()
+
+    # -- figures ------------------------------------------------------------------------------------------
+
+    def retry_after(self) -> int:
+        """Whole seconds until the current line would have drained, from the recent service times."""
+        service = self._service_ewma if self._service_ewma is not None else 1.0
+        estimate = (self._n_waiting + 1) * service / self.concurrency
+        return max(1, min(_RETRY_AFTER_MAX, math.ceil(estimate)))
+
+    def stats(self) -> dict[str, Any]:
+        """The lane's figures as plain data (see ``RequestQueueMiddleware.stats``)."""
+        with self._lock:
+            return {
+                "running": self._running,
+                "waiting": self._n_waiting,
+                "admitted": self._admitted,
+                "rejected": dict(self._rejected),
+                "wait_ms": self._wait.percentiles_ms(),
+                "service_ms": self._service.percentiles_ms(),
+                "upstream_ms": self._upstream.percentiles_ms(),
+                "limits": {
+                    "concurrency": self.concurrency,
+                    "max_queue_size": self.max_queue_size,
+                    "queue_timeout": self.queue_timeout,
+                    "max_age": self.max_age,
+                },
+            }
+
+    # -- internals (lock held) ----------------------------------------------------------------------------
+
+    def _admit_locked(self, ticket: Ticket, now: float) -> None:
+        ticket.state = ADMITTED
+        ticket.admitted_at = now
+        self._running += 1
+        self._admitted += 1
+        self._wait.add(now - ticket.arrived)
+
+    def _reject_locked(self, ticket: Ticket, reason: str) -> None:
+        ticket.state = REJECTED
+        ticket.reason = reason
+        self._rejected[reason] += 1
+
+    def _enqueue_locked(self, ticket: Ticket) -> None:
+        wakeup = threading.Lock()
+        wakeup.acquire()
+        ticket._wakeup = wakeup
+        self._waiting.setdefault(ticket.priority, OrderedDict())[ticket.seq] = ticket
+        self._n_waiting += 1
+
+    def _remove_locked(self, ticket: Ticket) -> None:
+        del self._waiting[ticket.priority][ticket.seq]
+        self._forget_class_if_empty_locked(ticket.priority)
+        self._n_waiting -= 1
+
+    def _forget_class_if_empty_locked(self, priority: int) -> None:
+        if not self._waiting[priority]:
+            del self._waiting[priority]
+
+    def _least_important_locked(self) -> Ticket | None:
+        if not self._waiting:
+            return None
+        tickets = self._waiting[max(self._waiting)]
+        return tickets[next(reversed(tickets))]

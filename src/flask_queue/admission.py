@@ -1,0 +1,617 @@
+"""Request queue: admission control in front of a WSGI application.
+
+At most ``concurrency`` requests of a lane run at once in the process; up to ``max_queue_size`` more wait
+for a slot, the more important priority classes first and in arrival order within a class; the rest, and
+those that waited ``queue_timeout`` seconds, are answered at once with 503 (or 429) and a ``Retry-After``
+header instead of piling up in front of busy threads. Time a request spent before the app saw it, from an
+``X-Request-Start`` or ``X-Queue-Start`` header, counts as waiting.
+
+Any WSGI application::
+
+    from flask_queue import RequestQueueMiddleware
+
+    app.wsgi_app = RequestQueueMiddleware(app.wsgi_app, concurrency=4, max_queue_size=10, queue_timeout=5.0)
+
+A Flask application, with per-endpoint lanes (``REQUEST_QUEUE_*`` config keys override the arguments)::
+
+    from flask_queue import RequestQueue
+
+    queue = RequestQueue(app, concurrency=4, max_queue_size=10, queue_timeout=5.0)
+    queue.lane("reports", concurrency=1, max_queue_size=5, queue_timeout=30.0)
+
+    @app.get("/report")
+    @queue.limit("reports")
+    def report(): ...
+
+    @app.get("/health")
+    @queue.exempt
+    def health(): ...
+
+Limits are per process: with several server processes each has its own queue. The server must have more
+threads than the lanes' concurrency for requests to wait here rather than in the server's own backlog; see
+``docs/request-queue.md`` for sizing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
+
+from . import signals
+from ._lane import REJECTED, WAITING, Lane, Ticket
+from ._request_start import upstream_wait
+from ._types import StartResponse, WSGIApplication, WSGIEnvironment
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.typing import ResponseReturnValue
+
+__all__ = ["DEFAULT_LANE", "EXEMPT", "Lane", "RequestQueue", "RequestQueueMiddleware"]
+
+log = logging.getLogger("flask_queue.admission")
+
+#: Name of the lane every request goes to unless told otherwise.
+DEFAULT_LANE: Final = "default"
+
+
+class _Exempt:
+    def __repr__(self) -> str:
+        return "EXEMPT"
+
+
+class _Unset:
+    """The lane limit was not given: take the default lane's."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Final = _Unset()
+
+
+#: Returned by a ``select_lane`` function for a request that is never queued nor shed (health checks).
+EXEMPT: Final = _Exempt()
+
+#: ``select_lane(environ)`` names the request's lane; ``None`` means the default lane.
+LaneSelector = Callable[[WSGIEnvironment], "str | _Exempt | None"]
+#: ``classify(environ)`` gives the request's priority class; lower is served first, 0 is the default.
+Classifier = Callable[[WSGIEnvironment], int]
+#: ``reject_response(environ, reason, retry_after)`` returns the WSGI application that answers a rejection.
+RejectResponse = Callable[[WSGIEnvironment, str, int], WSGIApplication]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEFAULTS: Final[dict[str, Any]] = {
+    "concurrency": 4,
+    "max_queue_size": 10,
+    "queue_timeout": 5.0,
+    "max_age": None,
+    "status": 503,
+}
+
+
+def _check_status(status: object) -> int:
+    if (
+        isinstance(status, bool)
+        or not isinstance(status, int)
+        or not 400 <= status <= 599
+    ):
+        raise ConfigurationError(
+            f"status must be an HTTP error status from 400 to 599, got {status!r}"
+        )
+    return status
+
+
+class _Release:
+    """The response iterable, handing the lane slot back when the server closes it (PEP 3333)."""
+
+    __slots__ = ("_iterable", "_lane", "_ticket")
+
+    def __init__(self, iterable: Iterable[bytes], lane: Lane, ticket: Ticket) -> None:
+        self._iterable = iterable
+        self._lane = lane
+        self._ticket = ticket
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._iterable)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._lane.release(self._ticket)
+
+    def __del__(self) -> None:
+        # PEP 3333 servers call close(); Werkzeug's test client leaves it to the caller, and a buggy server
+        # may forget. Dropping the response must not leak the slot. Release is a no-op once done.
+        self._lane.release(self._ticket)
+
+
+class RequestQueueMiddleware:
+    """Admission control for any WSGI application; see the module docstring for an example.
+
+    :param app: the WSGI application to protect.
+    :param concurrency: requests of the default lane that run at once (default 4).
+    :param max_queue_size: requests of the default lane that may wait for a slot (default 10).
+    :param queue_timeout: seconds a request may wait, upstream time included, before a rejection (default 5).
+    :param max_age: seconds after which a request is rejected without running; ``None`` (default) is off.
+    :param status: the rejection status, 503 (default) or e.g. 429.
+    :param classify: ``classify(environ) -> int``, the request's priority class (lower first; default 0).
+        One that raises or returns a non-integer puts the request in class 0 and is logged once.
+    :param lanes: more lanes, ``{name: {"concurrency": 1, ...}}``; unset limits are the default lane's.
+    :param select_lane: ``select_lane(environ)`` names the lane of a request: a lane name, ``None`` for
+        the default lane, or ``EXEMPT`` to pass the request through untouched.
+    :param reject_response: ``reject_response(environ, reason, retry_after)`` returns a WSGI application that
+        answers a rejected request; a ``Retry-After`` header is added when it sets none.
+    :param signal_sender: the sender of the ``flask_queue.signals`` this sends (default: the middleware).
+    :raises ConfigurationError: (a ``ValueError``) naming the first invalid setting.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        concurrency: int = _DEFAULTS["concurrency"],
+        max_queue_size: int = _DEFAULTS["max_queue_size"],
+        queue_timeout: float = _DEFAULTS["queue_timeout"],
+        max_age: float | None = _DEFAULTS["max_age"],
+        status: int = _DEFAULTS["status"],
+        classify: Classifier | None = None,
+        lanes: dict[str, dict[str, Any]] | None = None,
+        select_lane: LaneSelector | None = None,
+        reject_response: RejectResponse | None = None,
+        signal_sender: object = None,
+    ) -> None:
+        self.app = app
+        self.status = _check_status(status)
+        self._status_line = f"{status} {HTTP_STATUS_CODES.get(status, 'Rejected')}"
+        self.classify = classify
+        self.select_lane = select_lane
+        self.reject_response = reject_response
+        self.signal_sender = self if signal_sender is None else signal_sender
+        default = Lane(
+            DEFAULT_LANE,
+            concurrency=concurrency,
+            max_queue_size=max_queue_size,
+            queue_timeout=queue_timeout,
+            max_age=max_age,
+        )
+        self.lanes: dict[str, Lane] = {DEFAULT_LANE: default}
+        self._classify_failed = False
+        for name, limits in (lanes or {}).items():
+            self.add_lane(name, **limits)
+
+    def add_lane(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        max_queue_size: int | None = None,
+        queue_timeout: float | None = None,
+        max_age: float | _Unset | None = _UNSET,
+    ) -> Lane:
+        """Add a lane with its own limits; a limit left out is the default lane's.
+
+        :raises ConfigurationError: for an invalid limit, or a name already in use.
+        """
+        if name in self.lanes:
+            raise ConfigurationError(f"lane {name!r} is already defined")
+        default = self.lanes[DEFAULT_LANE]
+        lane = Lane(
+            name,
+            concurrency=default.concurrency if concurrency is None else concurrency,
+            max_queue_size=default.max_queue_size
+            if max_queue_size is None
+            else max_queue_size,
+            queue_timeout=default.queue_timeout
+            if queue_timeout is None
+            else queue_timeout,
+            max_age=default.max_age if isinstance(max_age, _Unset) else max_age,
+        )
+        self.lanes[name] = lane
+        return lane
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for every lane, as plain data::
+
+            {"lanes": {"default": {"running": 0, "waiting": 0, "admitted": 0,
+                                   "rejected": {"full": 0, "timeout": 0, "too_old": 0, "shed": 0},
+                                   "wait_ms": {"p50": ..., "p95": ..., "p99": ...},
+                                   "service_ms": {...}, "upstream_ms": {...}, "limits": {...}}}}
+
+        Percentiles cover the most recent 2,048 requests of the lane and are ``None`` before the first.
+        ``wait_ms`` is the time spent waiting in the lane, ``upstream_ms`` the time before the app saw the
+        request (from ``X-Request-Start``), ``service_ms`` the time from admission to the response's close.
+        """
+        return {"lanes": {name: lane.stats() for name, lane in self.lanes.items()}}
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        lane = self.lanes[DEFAULT_LANE]
+        if self.select_lane is not None:
+            name = self.select_lane(environ)
+            if name is EXEMPT:
+                return self.app(environ, start_response)
+            if name is not None:
+                lane = self.lanes[name]  # type: ignore[index]
+        priority = 0 if self.classify is None else self._priority(environ)
+        upstream = (
+            upstream_wait(environ)
+            if "HTTP_X_REQUEST_START" in environ or "HTTP_X_QUEUE_START" in environ
+            else 0.0
+        )
+
+        ticket = lane.arrive(priority, upstream)
+        if ticket.state == WAITING:
+            if signals.request_queued.receivers:
+                signals.request_queued.send(
+                    self.signal_sender,
+                    lane=lane.name,
+                    priority=priority,
+                    environ=environ,
+                )
+            lane.wait(ticket)
+        if ticket.state == REJECTED:
+            return self._reject(environ, start_response, lane, ticket)
+        if signals.request_admitted.receivers:
+            signals.request_admitted.send(
+                self.signal_sender,
+                lane=lane.name,
+                wait=ticket.admitted_at - ticket.arrived,
+                environ=environ,
+            )
+
+        try:
+            iterable = self.app(environ, start_response)
+        except BaseException:
+            lane.release(ticket)
+            raise
+        return _Release(iterable, lane, ticket)
+
+    def _priority(self, environ: WSGIEnvironment) -> int:
+        assert self.classify is not None
+        try:
+            priority = self.classify(environ)
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise TypeError(f"classify must return an int, got {priority!r}")
+        except Exception:
+            if not self._classify_failed:
+                self._classify_failed = True
+                log.exception(
+                    "classify failed; requests it fails on go to the default class 0"
+                )
+            return 0
+        return priority
+
+    def _reject(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        lane: Lane,
+        ticket: Ticket,
+    ) -> Iterable[bytes]:
+        reason = ticket.reason
+        assert reason is not None
+        retry_after = lane.retry_after()
+        log.info(
+            "rejected %s %s in lane %r: %s (Retry-After: %d)",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            lane.name,
+            reason,
+            retry_after,
+        )
+        if signals.request_rejected.receivers:
+            signals.request_rejected.send(
+                self.signal_sender,
+                lane=lane.name,
+                reason=reason,
+                retry_after=retry_after,
+                environ=environ,
+            )
+        if self.reject_response is not None:
+            respond = self.reject_response(environ, reason, retry_after)
+
+            def with_retry_after(
+                status: str, headers: list[tuple[str, str]], exc_info: Any = None
+            ) -> Callable[[bytes], object]:
+                if not any(key.lower() == "retry-after" for key, _ in headers):
+                    headers = [*headers, ("Retry-After", str(retry_after))]
+                return start_response(status, headers, exc_info)
+
+            return respond(environ, with_retry_after)
+        return self._default_rejection(environ, start_response, reason, retry_after)
+
+    def _default_rejection(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        reason: str,
+        retry_after: int,
+    ) -> Iterable[bytes]:
+        message = "Too many requests" if self.status == 429 else "The server is busy"
+        accept = parse_accept_header(environ.get("HTTP_ACCEPT"), MIMEAccept)
+        if accept.best_match(("text/plain", "application/json")) == "application/json":
+            body = json.dumps(
+                {"error": message, "reason": reason, "retry_after": retry_after}
+            ).encode()
+            content_type = "application/json"
+        else:
+            body = f"{message} ({reason}); retry in {retry_after} s.\n".encode()
+            content_type = "text/plain; charset=utf-8"
+        start_response(
+            self._status_line,
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Retry-After", str(retry_after)),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
+
+
+_EXTENSION_KEY: Final = "flask-queue.request-queue"
+_LANE_ATTR: Final = "_flask_queue_lane"
+_ROUTE_CACHE_SIZE: Final = 4096
+
+
+class RequestQueue:
+    """Admission control for a Flask application, with per-endpoint lanes and priority classes.
+
+    Constructor arguments are the defaults; the ``REQUEST_QUEUE_CONCURRENCY``, ``..._MAX_QUEUE_SIZE``,
+    ``..._QUEUE_TIMEOUT``, ``..._MAX_AGE``, ``..._STATUS`` and ``..._CLASSIFY`` config keys override them,
+    read once in ``init_app``. ``init_app`` wraps ``app.wsgi_app`` in a ``RequestQueueMiddleware``, so the
+    queue sits in front of Flask's routing and request context: a rejection costs almost nothing.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        concurrency: int = _DEFAULTS["concurrency"],
+        max_queue_size: int = _DEFAULTS["max_queue_size"],
+        queue_timeout: float = _DEFAULTS["queue_timeout"],
+        max_age: float | None = _DEFAULTS["max_age"],
+        status: int = _DEFAULTS["status"],
+        classify: Classifier | None = None,
+    ) -> None:
+        self._defaults: dict[str, Any] = {
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "queue_timeout": queue_timeout,
+            "max_age": max_age,
+            "status": status,
+            "classify": classify,
+        }
+        # Validate the defaults now, not at the first init_app.
+        Lane(DEFAULT_LANE, concurrency=concurrency, max_queue_size=max_queue_size, queue_timeout=queue_timeout, max_age=max_age)  # fmt: skip
+        _check_status(status)
+        self._lanes: dict[str, dict[str, Any]] = {}
+        self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
+        self._marked = False  # whether any view was given a lane or made exempt
+        self._apps: weakref.WeakSet[Flask] = (
+            weakref.WeakSet()
+        )  # set up by init_app; never kept alive here
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Put the request queue in front of ``app``; raises ``RuntimeError`` if it already has one."""
+        if _EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "This app already has a RequestQueue; a second one would queue every request twice."
+            )
+        settings = {}
+        for name, default in self._defaults.items():
+            settings[name] = app.config.setdefault(
+                f"REQUEST_QUEUE_{name.upper()}", default
+            )
+        try:
+            middleware = RequestQueueMiddleware(
+                app.wsgi_app,
+                select_lane=self._lane_selector(app),
+                reject_response=None
+                if self._reject_response is None
+                else _flask_rejection(app, self._reject_response),
+                signal_sender=app,
+                **settings,
+            )
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                f"{error} (from REQUEST_QUEUE_* config or RequestQueue())"
+            ) from None
+        for name, limits in self._lanes.items():
+            middleware.add_lane(name, **limits)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions[_EXTENSION_KEY] = middleware
+        self._apps.add(app)
+
+    def lane(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        max_queue_size: int | None = None,
+        queue_timeout: float | None = None,
+        max_age: float | _Unset | None = _UNSET,
+    ) -> None:
+        """Define a lane with its own limits; a limit left out is the default lane's (per app).
+
+        Define a lane before naming it in ``@limit``. ``max_age=None`` turns the age limit off for the lane.
+
+        :raises ConfigurationError: for an invalid limit, the name ``"default"`` or a name in use.
+        """
+        if name == DEFAULT_LANE:
+            raise ConfigurationError(
+                "the default lane is set by RequestQueue(...) and the REQUEST_QUEUE_* config keys, not lane()"
+            )
+        if name in self._lanes:
+            raise ConfigurationError(f"lane {name!r} is already defined")
+        limits: dict[str, Any] = {
+            "concurrency": concurrency,
+            "max_queue_size": max_queue_size,
+            "queue_timeout": queue_timeout,
+            "max_age": max_age,
+        }
+        # Validate now, with stand-ins for the limits each app's defaults will fill in.
+        Lane(
+            name,
+            concurrency=1 if concurrency is None else concurrency,
+            max_queue_size=0 if max_queue_size is None else max_queue_size,
+            queue_timeout=1.0 if queue_timeout is None else queue_timeout,
+            max_age=None if isinstance(max_age, _Unset) else max_age,
+        )
+        self._lanes[name] = limits
+        for app in self._apps:
+            self.middleware(app).add_lane(name, **limits)
+
+    def limit(self, lane: str) -> Callable[[F], F]:
+        """Decorate a view so its requests are admitted through ``lane``.
+
+        :raises ConfigurationError: (a ``ValueError``) when ``lane`` was not defined with ``lane()``.
+        """
+        if lane != DEFAULT_LANE and lane not in self._lanes:
+            known = ", ".join(repr(name) for name in [DEFAULT_LANE, *self._lanes])
+            raise ConfigurationError(
+                f"unknown lane {lane!r}: define it with queue.lane({lane!r}, ...) before @limit (lanes: {known})"
+            )
+
+        def decorate(view: F) -> F:
+            setattr(view, _LANE_ATTR, lane)
+            self._marked = True
+            return view
+
+        return decorate
+
+    def exempt(self, view: F) -> F:
+        """Decorate a view whose requests are never queued nor rejected (health checks, metrics)."""
+        setattr(view, _LANE_ATTR, EXEMPT)
+        self._marked = True
+        return view
+
+    def classify(self, func: Classifier) -> Classifier:
+        """Decorate ``func(environ) -> int``, the priority class of each request (lower is served first).
+
+        It runs before routing, for every queued request, so keep it cheap (read a header or a path prefix).
+        Applies to apps set up from now on unless ``REQUEST_QUEUE_CLASSIFY`` says otherwise, and to those
+        already set up.
+        """
+        self._defaults["classify"] = func
+        for app in self._apps:
+            self.middleware(app).classify = func
+        return func
+
+    def reject_response(
+        self, func: Callable[[str, int], ResponseReturnValue]
+    ) -> Callable[[str, int], ResponseReturnValue]:
+        """Decorate ``func(reason, retry_after)`` that builds the response for a rejected request.
+
+        It runs inside a request context, so ``request`` and ``jsonify`` work, and returns anything a view
+        may return. The status stays what ``func`` returns; ``Retry-After`` is added when it sets none.
+        """
+        self._reject_response = func
+        for app in self._apps:
+            self.middleware(app).reject_response = _flask_rejection(app, func)
+        return func
+
+    def stats(self, app: Flask | None = None) -> dict[str, Any]:
+        """The request queue's figures for ``app`` (default: the current app); see ``RequestQueueMiddleware.stats``."""
+        return self.middleware(app).stats()
+
+    @staticmethod
+    def middleware(app: Flask | None = None) -> RequestQueueMiddleware:
+        """The middleware installed for ``app`` (default: the current app)."""
+        if app is None:
+            from flask import current_app
+
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            middleware: RequestQueueMiddleware = app.extensions[_EXTENSION_KEY]
+        except KeyError:
+            raise RuntimeError(
+                "This app has no RequestQueue. Did you forget to call queue.init_app(app)?"
+            ) from None
+        return middleware
+
+    def _lane_selector(self, app: Flask) -> LaneSelector:
+        """Map a request to its view's lane through the app's URL map, caching by method, host and path."""
+        cache: dict[tuple[str, str, str, str], str | _Exempt | None] = {}
+
+        def select(environ: WSGIEnvironment) -> str | _Exempt | None:
+            if not self._marked:
+                return None
+            key = (
+                environ.get("REQUEST_METHOD", ""),
+                environ.get("HTTP_HOST", ""),
+                environ.get("SCRIPT_NAME", ""),
+                environ.get("PATH_INFO", ""),
+            )
+            try:
+                return cache[key]
+            except KeyError:
+                pass
+            lane = _route_lane(app, environ)
+            if len(cache) >= _ROUTE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = lane
+            return lane
+
+        return select
+
+
+def _flask_rejection(
+    app: Flask, func: Callable[[str, int], ResponseReturnValue]
+) -> RejectResponse:
+    """Adapt a ``@queue.reject_response`` function to the middleware's hook, inside a request context."""
+
+    def respond(
+        environ: WSGIEnvironment, reason: str, retry_after: int
+    ) -> WSGIApplication:
+        with app.request_context(environ):
+            return app.make_response(func(reason, retry_after))
+
+    return respond
+
+
+def _route_lane(app: Flask, environ: WSGIEnvironment) -> str | _Exempt | None:
+    """The lane named on the view ``environ`` routes to, as Flask would route it; ``None`` if none."""
+    # Bind the way Flask.create_url_adapter does, so host and subdomain matching agree with Flask's.
+    server_name = app.config["SERVER_NAME"]
+    subdomain = None
+    if app.url_map.host_matching:
+        server_name = None
+    elif not app.subdomain_matching:
+        subdomain = app.url_map.default_subdomain or ""
+    try:
+        adapter = app.url_map.bind_to_environ(
+            environ, server_name=server_name, subdomain=subdomain
+        )
+        endpoint, _ = adapter.match()
+    except (
+        HTTPException
+    ):  # 404, 405, redirects: Flask answers them; the default lane admits them
+        return None
+    except (
+        Exception
+    ):  # a malformed request must not become a 500 here; Flask will judge it
+        log.debug(
+            "could not route %r for lane selection",
+            environ.get("PATH_INFO"),
+            exc_info=True,
+        )
+        return None
+    view = app.view_functions.get(endpoint)
+    lane: str | _Exempt | None = getattr(view, _LANE_ATTR, None)
+    return lane
