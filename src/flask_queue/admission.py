@@ -187,7 +187,7 @@ class RequestQueueMiddleware:
             max_age=max_age,
         )
         self.lanes: dict[str, Lane] = {DEFAULT_LANE: default}
-        self._classify_failed = False
+        self._failed_callbacks: set[str] = set()
         for name, limits in (lanes or {}).items():
             self.add_lane(name, **limits)
 
@@ -238,13 +238,13 @@ class RequestQueueMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        lane = self.lanes[DEFAULT_LANE]
-        if self.select_lane is not None:
-            name = self.select_lane(environ)
-            if name is EXEMPT:
-                return self.app(environ, start_response)
-            if name is not None:
-                lane = self.lanes[name]  # type: ignore[index]
+        lane = (
+            self.lanes[DEFAULT_LANE]
+            if self.select_lane is None
+            else self._lane(environ)
+        )
+        if lane is None:
+            return self.app(environ, start_response)
         priority = 0 if self.classify is None else self._priority(environ)
         upstream = (
             upstream_wait(environ)
@@ -279,6 +279,28 @@ class RequestQueueMiddleware:
             raise
         return _Release(iterable, lane, ticket)
 
+    def _lane(self, environ: WSGIEnvironment) -> Lane | None:
+        """The request's lane by ``select_lane``; ``None`` when exempt. Never raises: see ``_callback_failed``."""
+        assert self.select_lane is not None
+        try:
+            name = self.select_lane(environ)
+            if name is EXEMPT:
+                return None
+            return self.lanes[DEFAULT_LANE if name is None else name]  # type: ignore[index]
+        except Exception:
+            self._callback_failed("select_lane", "the default lane")
+            return self.lanes[DEFAULT_LANE]
+
+    def _callback_failed(self, callback: str, fallback: str) -> None:
+        # A broken callback must not turn requests into 500s, nor flood the log under load: log it once.
+        if callback not in self._failed_callbacks:
+            self._failed_callbacks.add(callback)
+            log.exception(
+                "%s failed; requests it fails on go to %s (logged once)",
+                callback,
+                fallback,
+            )
+
     def _priority(self, environ: WSGIEnvironment) -> int:
         assert self.classify is not None
         try:
@@ -286,11 +308,7 @@ class RequestQueueMiddleware:
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise TypeError(f"classify must return an int, got {priority!r}")
         except Exception:
-            if not self._classify_failed:
-                self._classify_failed = True
-                log.exception(
-                    "classify failed; requests it fails on go to the default class 0"
-                )
+            self._callback_failed("classify", "the default class 0")
             return 0
         return priority
 

@@ -1,0 +1,805 @@
+"""The request queue through its public API: RequestQueueMiddleware on plain WSGI, RequestQueue on Flask.
+
+A slot is held by calling the WSGI app and not closing its response yet, which is exactly what a server does
+while it sends a response: nothing here depends on timing.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, jsonify, request
+from werkzeug.test import EnvironBuilder
+
+from flask_queue import (
+    EXEMPT,
+    ConfigurationError,
+    RequestQueue,
+    RequestQueueMiddleware,
+    signals,
+)
+from flask_queue._types import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class Call:
+    """One request through a WSGI app, its response held open until ``close``."""
+
+    def __init__(self, app: WSGIApplication, path: str = "/", **builder: Any) -> None:
+        self.status = ""
+        self.headers: dict[str, str] = {}
+        self._chunks: list[bytes] = []
+        self.environ = EnvironBuilder(path=path, **builder).get_environ()
+        self.iterable = app(self.environ, self._start_response)
+
+    def _start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        self.status = status
+        self.headers = dict(headers)
+        return self._chunks.append
+
+    @property
+    def code(self) -> int:
+        self.body  # a generator app calls start_response on its first iteration  # noqa: B018
+        return int(self.status.split()[0])
+
+    @property
+    def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            self._body = b"".join([*self._chunks, *self.iterable])
+        return self._body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def close(self) -> None:
+        close = getattr(self.iterable, "close", None)
+        if close is not None:
+            close()
+
+
+def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def stats_of(
+    middleware: RequestQueueMiddleware, lane: str = "default"
+) -> dict[str, Any]:
+    lane_stats: dict[str, Any] = middleware.stats()["lanes"][lane]
+    return lane_stats
+
+
+# -- RequestQueueMiddleware ----------------------------------------------------------------------------
+
+
+def test_the_seeds_shape_works_with_documented_defaults() -> None:
+    middleware = RequestQueueMiddleware(hello, max_queue_size=10)
+    call = Call(middleware)
+    assert (call.code, call.body) == (200, b"hello")
+    call.close()
+    assert stats_of(middleware)["limits"] == {
+        "concurrency": 4,
+        "max_queue_size": 10,
+        "queue_timeout": 5.0,
+        "max_age": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("concurrency", 0),
+        ("concurrency", -3),
+        ("max_queue_size", -1),
+        ("queue_timeout", 0),
+        ("queue_timeout", -2.5),
+        ("max_age", 0.0),
+        ("status", 200),
+        ("status", 600),
+        ("status", "503"),
+    ],
+)
+def test_invalid_settings_raise_value_error_naming_them(
+    setting: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=setting):
+        RequestQueueMiddleware(hello, **{setting: value})
+
+
+def test_a_lane_name_cannot_be_defined_twice() -> None:
+    middleware = RequestQueueMiddleware(hello, lanes={"slow": {"concurrency": 1}})
+    with pytest.raises(ConfigurationError, match="'slow' is already defined"):
+        middleware.add_lane("slow")
+
+
+def test_a_full_lane_rejects_with_503_retry_after_and_a_text_body() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    held = Call(middleware)
+    rejected = Call(middleware)
+    assert rejected.code == 503
+    assert rejected.status == "503 Service Unavailable"
+    assert int(rejected.headers["Retry-After"]) >= 1
+    assert rejected.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert rejected.headers["Content-Length"] == str(len(rejected.body))
+    assert rejected.headers["Cache-Control"] == "no-store"
+    assert b"full" in rejected.body
+    held.close()
+    assert Call(middleware).code == 200
+
+
+def test_a_client_accepting_json_gets_a_json_rejection() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    held = Call(middleware)
+    rejected = Call(middleware, headers={"Accept": "application/json"})
+    assert rejected.headers["Content-Type"] == "application/json"
+    body = rejected.json()
+    assert body["reason"] == "full"
+    assert body["retry_after"] == int(rejected.headers["Retry-After"])
+    held.close()
+
+
+def test_a_browser_accept_header_gets_text() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    held = Call(middleware)
+    rejected = Call(
+        middleware, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    )
+    assert rejected.headers["Content-Type"].startswith("text/plain")
+    held.close()
+
+
+def test_status_429_is_configurable() -> None:
+    middleware = RequestQueueMiddleware(
+        hello, concurrency=1, max_queue_size=0, status=429
+    )
+    held = Call(middleware)
+    rejected = Call(middleware)
+    assert rejected.status == "429 Too Many Requests"
+    assert "Retry-After" in rejected.headers
+    held.close()
+
+
+def test_a_custom_rejection_gets_retry_after_added_unless_it_sets_one() -> None:
+    seen: list[tuple[str, int]] = []
+
+    def reject(
+        environ: WSGIEnvironment, reason: str, retry_after: int
+    ) -> WSGIApplication:
+        seen.append((reason, retry_after))
+
+        def respond(
+            environ: WSGIEnvironment, start_response: StartResponse
+        ) -> Iterable[bytes]:
+            headers = [("Content-Type", "text/plain")]
+            if environ["PATH_INFO"] == "/own":
+                headers.append(("retry-after", "99"))
+            start_response("503 Go Away", headers)
+            return [b"custom"]
+
+        return respond
+
+    middleware = RequestQueueMiddleware(
+        hello, concurrency=1, max_queue_size=0, reject_response=reject
+    )
+    held = Call(middleware)
+    custom = Call(middleware)
+    own = Call(middleware, "/own")
+    assert (custom.status, custom.body) == ("503 Go Away", b"custom")
+    assert custom.headers["Retry-After"] == str(seen[0][1])
+    assert own.headers == {"Content-Type": "text/plain", "retry-after": "99"}
+    assert [reason for reason, _ in seen] == ["full", "full"]
+    held.close()
+
+
+def test_the_slot_is_held_until_the_response_is_closed() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    call = Call(middleware)
+    assert (
+        call.body == b"hello"
+    )  # fully read, but not closed: a server may still be sending it
+    assert stats_of(middleware)["running"] == 1
+    call.close()
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_a_streaming_response_keeps_its_slot_until_done() -> None:
+    gate = threading.Event()
+
+    def stream(
+        environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        gate.wait(5)
+        yield b"second"
+
+    middleware = RequestQueueMiddleware(stream, concurrency=1, max_queue_size=0)
+    call = Call(middleware)
+    chunks = iter(call.iterable)
+    assert next(chunks) == b"first"
+    assert Call(middleware).code == 503
+    gate.set()
+    assert list(chunks) == [b"second"]
+    call.close()
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_the_slot_is_released_when_the_app_raises() -> None:
+    def broken(
+        environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        raise RuntimeError("boom")
+
+    middleware = RequestQueueMiddleware(broken, concurrency=1, max_queue_size=0)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="boom"):
+            Call(middleware)
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_the_slot_is_released_when_the_body_raises_midway() -> None:
+    def broken(
+        environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"partial"
+        raise RuntimeError("boom")
+
+    middleware = RequestQueueMiddleware(broken, concurrency=1, max_queue_size=0)
+    call = Call(middleware)
+    with pytest.raises(RuntimeError, match="boom"):
+        call.body  # noqa: B018
+    call.close()  # a server closes the iterable whatever happened
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_the_slot_is_released_even_when_close_raises() -> None:
+    class BadClose:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"x"])
+
+        def close(self) -> None:
+            raise OSError("close failed")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        start_response("200 OK", [])
+        return BadClose()
+
+    middleware = RequestQueueMiddleware(app, concurrency=1, max_queue_size=0)
+    call = Call(middleware)
+    with pytest.raises(OSError, match="close failed"):
+        call.close()
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_a_response_dropped_without_close_releases_its_slot() -> None:
+    """Werkzeug's test client leaves close() to the caller; forgetting it must not leak the slot."""
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    call = Call(middleware)
+    del call
+    gc.collect()
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_closing_twice_releases_once() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=2, max_queue_size=0)
+    first, second = Call(middleware), Call(middleware)
+    first.close()
+    first.close()
+    assert stats_of(middleware)["running"] == 1
+    second.close()
+    assert stats_of(middleware)["running"] == 0
+
+
+def test_a_waiting_request_runs_when_a_slot_frees() -> None:
+    middleware = RequestQueueMiddleware(
+        hello, concurrency=1, max_queue_size=1, queue_timeout=30.0
+    )
+    held = Call(middleware)
+    queued = threading.Event()
+    signals.request_queued.connect(
+        lambda sender, **kw: queued.set(), sender=middleware, weak=False
+    )
+    result: list[Call] = []
+    thread = threading.Thread(target=lambda: result.append(Call(middleware)))
+    thread.start()
+    try:
+        assert queued.wait(5)
+        assert stats_of(middleware)["waiting"] == 1
+        held.close()
+        thread.join(5)
+        assert result[0].code == 200
+        result[0].close()
+    finally:
+        signals.request_queued.receivers.clear()
+
+
+def test_a_request_that_waits_too_long_is_rejected_timeout() -> None:
+    middleware = RequestQueueMiddleware(
+        hello, concurrency=1, max_queue_size=1, queue_timeout=0.05
+    )
+    held = Call(middleware)
+    rejected = Call(middleware)
+    assert rejected.code == 503
+    assert b"timeout" in rejected.body
+    assert stats_of(middleware)["rejected"]["timeout"] == 1
+    held.close()
+
+
+def test_x_request_start_older_than_max_age_is_rejected_without_running() -> None:
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        ran.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    middleware = RequestQueueMiddleware(app, max_age=10.0)
+    old = Call(middleware, "/old", headers={"X-Request-Start": "t=1000000000.000"})
+    assert old.code == 503
+    assert b"too_old" in old.body
+    assert ran == []
+    assert stats_of(middleware)["upstream_ms"]["p50"] > 10_000
+
+
+@pytest.mark.parametrize(
+    "value", ["garbage", "t=", "-5", "99999999999999", "t=4102444800.000"]
+)
+def test_a_malformed_or_future_x_request_start_is_served(value: str) -> None:
+    middleware = RequestQueueMiddleware(hello, max_age=1.0)
+    call = Call(middleware, headers={"X-Request-Start": value})
+    assert call.code == 200
+    call.close()
+
+
+def test_priority_classes_are_served_in_order_and_shed_the_least_important() -> None:
+    served: list[str] = []
+    released = threading.Semaphore(0)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        served.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    middleware = RequestQueueMiddleware(
+        app,
+        concurrency=1,
+        max_queue_size=2,
+        queue_timeout=30.0,
+        classify=lambda environ: int(environ.get("HTTP_X_CLASS", "1")),
+    )
+    waiting = threading.Semaphore(0)
+    signals.request_queued.connect(
+        lambda sender, **kw: waiting.release(), sender=middleware, weak=False
+    )
+    outcomes: dict[str, int] = {}
+
+    def client(path: str, klass: str) -> None:
+        call = Call(middleware, path, headers={"X-Class": klass})
+        outcomes[path] = call.code
+        call.close()
+        released.release()
+
+    try:
+        held = Call(middleware, "/held")
+        threads = []
+        for path, klass in [("/low-old", "1"), ("/low-new", "1"), ("/high", "0")]:
+            thread = threading.Thread(target=client, args=(path, klass))
+            thread.start()
+            threads.append(thread)
+            assert waiting.acquire(timeout=5)
+        assert released.acquire(timeout=5)  # /low-new was shed and has answered
+        assert outcomes == {"/low-new": 503}
+        held.close()
+        for thread in threads:
+            thread.join(5)
+        assert served == ["/held", "/high", "/low-old"]
+        assert stats_of(middleware)["rejected"]["shed"] == 1
+    finally:
+        signals.request_queued.receivers.clear()
+
+
+@pytest.mark.parametrize(
+    "classify",
+    [
+        pytest.param(lambda environ: 1 // 0, id="raises"),
+        pytest.param(lambda environ: "high", id="not-an-int"),
+    ],
+)
+def test_a_broken_classify_puts_requests_in_class_0_and_logs_once(
+    classify: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = RequestQueueMiddleware(hello, classify=classify)
+    with caplog.at_level(logging.ERROR, logger="flask_queue.admission"):
+        for _ in range(3):
+            call = Call(middleware)
+            assert call.code == 200
+            call.close()
+    assert len([r for r in caplog.records if "classify failed" in r.getMessage()]) == 1
+
+
+def test_a_broken_lane_selector_uses_the_default_lane_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    middleware = RequestQueueMiddleware(
+        hello, select_lane=lambda environ: "no-such-lane"
+    )
+    with caplog.at_level(logging.ERROR, logger="flask_queue.admission"):
+        for _ in range(2):
+            call = Call(middleware)
+            assert call.code == 200
+            call.close()
+    assert stats_of(middleware)["admitted"] == 2
+    assert (
+        len([r for r in caplog.records if "select_lane failed" in r.getMessage()]) == 1
+    )
+
+
+def test_lanes_are_independent_and_exempt_requests_are_never_queued() -> None:
+    def select(environ: WSGIEnvironment) -> Any:
+        path = environ["PATH_INFO"]
+        return {"/report": "reports", "/health": EXEMPT}.get(path)
+
+    middleware = RequestQueueMiddleware(
+        hello,
+        concurrency=1,
+        max_queue_size=0,
+        lanes={"reports": {"concurrency": 1}},
+        select_lane=select,
+    )
+    held_default, held_report = Call(middleware, "/"), Call(middleware, "/report")
+    assert Call(middleware, "/").code == 503
+    assert Call(middleware, "/report").code == 503
+    health = Call(middleware, "/health")
+    assert health.code == 200
+    health.close()
+    stats = middleware.stats()["lanes"]
+    assert (
+        stats["reports"]["limits"]["max_queue_size"] == 0
+    )  # inherited from the default lane
+    assert (stats["default"]["admitted"], stats["reports"]["admitted"]) == (1, 1)
+    held_default.close()
+    held_report.close()
+
+
+def test_a_rejection_is_logged_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    held = Call(middleware)
+    with caplog.at_level(logging.INFO, logger="flask_queue.admission"):
+        Call(middleware, "/busy")
+    assert any(
+        "/busy" in r.getMessage() and "full" in r.getMessage() for r in caplog.records
+    )
+    held.close()
+
+
+def test_signals_carry_lane_reason_and_wait() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
+    events: list[tuple[str, object, dict[str, Any]]] = []
+
+    def on(name: str) -> Any:
+        def receiver(sender: object, **extra: Any) -> None:
+            events.append((name, sender, extra))
+
+        return receiver
+
+    admitted, rejected = on("admitted"), on("rejected")
+    signals.request_admitted.connect(admitted)
+    signals.request_rejected.connect(rejected)
+    try:
+        held = Call(middleware)
+        Call(middleware)
+        held.close()
+    finally:
+        signals.request_admitted.disconnect(admitted)
+        signals.request_rejected.disconnect(rejected)
+    assert [(name, sender) for name, sender, _ in events] == [
+        ("admitted", middleware),
+        ("rejected", middleware),
+    ]
+    assert events[0][2]["lane"] == "default"
+    assert events[0][2]["wait"] >= 0.0
+    assert events[1][2]["reason"] == "full"
+    assert events[1][2]["retry_after"] >= 1
+
+
+# -- RequestQueue (Flask extension) --------------------------------------------------------------------
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_the_extension_wraps_the_app_and_reports_stats(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=2)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    with app.test_client() as client, client.get("/") as response:
+        assert response.status_code == 200
+    with app.app_context():
+        assert queue.stats()["lanes"]["default"]["admitted"] == 1
+    assert queue.stats(app)["lanes"]["default"]["running"] == 0
+
+
+def test_init_app_twice_raises(app: Flask) -> None:
+    RequestQueue(app)
+    with pytest.raises(RuntimeError, match="already has a RequestQueue"):
+        RequestQueue(app)
+
+
+def test_stats_without_init_app_names_the_fix(app: Flask) -> None:
+    queue = RequestQueue()
+    with pytest.raises(RuntimeError, match="init_app"):
+        queue.stats(app)
+
+
+def test_config_keys_override_the_constructor(app: Flask) -> None:
+    app.config.update(
+        REQUEST_QUEUE_CONCURRENCY=7,
+        REQUEST_QUEUE_MAX_QUEUE_SIZE=3,
+        REQUEST_QUEUE_QUEUE_TIMEOUT=1.5,
+        REQUEST_QUEUE_MAX_AGE=20.0,
+        REQUEST_QUEUE_STATUS=429,
+    )
+    queue = RequestQueue(app, concurrency=2, max_queue_size=9)
+    assert queue.stats(app)["lanes"]["default"]["limits"] == {
+        "concurrency": 7,
+        "max_queue_size": 3,
+        "queue_timeout": 1.5,
+        "max_age": 20.0,
+    }
+    assert queue.middleware(app).status == 429
+
+
+def test_defaults_are_written_to_the_config(app: Flask) -> None:
+    RequestQueue(app, concurrency=3)
+    assert app.config["REQUEST_QUEUE_CONCURRENCY"] == 3
+    assert app.config["REQUEST_QUEUE_MAX_QUEUE_SIZE"] == 10
+    assert app.config["REQUEST_QUEUE_STATUS"] == 503
+
+
+def test_an_invalid_config_value_raises_naming_the_setting(app: Flask) -> None:
+    app.config["REQUEST_QUEUE_CONCURRENCY"] = 0
+    with pytest.raises(ValueError, match=r"concurrency.*REQUEST_QUEUE_"):
+        RequestQueue(app)
+
+
+def test_invalid_constructor_arguments_raise_before_any_app(app: Flask) -> None:
+    with pytest.raises(ValueError, match="queue_timeout"):
+        RequestQueue(queue_timeout=-1)
+    with pytest.raises(ValueError, match="status"):
+        RequestQueue(status=302)
+
+
+def test_lane_validation(app: Flask) -> None:
+    queue = RequestQueue(app)
+    with pytest.raises(ValueError, match="concurrency"):
+        queue.lane("bad", concurrency=0)
+    with pytest.raises(ValueError, match="default lane"):
+        queue.lane("default", concurrency=1)
+    queue.lane("reports", concurrency=1)
+    with pytest.raises(ValueError, match="already defined"):
+        queue.lane("reports", concurrency=2)
+
+
+def test_limit_on_an_unknown_lane_raises_at_decoration(app: Flask) -> None:
+    queue = RequestQueue(app)
+    queue.lane("reports", concurrency=1)
+    with pytest.raises(
+        ValueError, match=r"unknown lane 'reprots'.*queue.lane\('reprots'"
+    ):
+        queue.limit("reprots")
+
+
+def test_a_lane_inherits_unset_limits_from_the_apps_defaults(app: Flask) -> None:
+    app.config["REQUEST_QUEUE_QUEUE_TIMEOUT"] = 2.0
+    queue = RequestQueue(max_queue_size=4)
+    queue.lane("reports", concurrency=1)
+    queue.init_app(app)
+    assert queue.stats(app)["lanes"]["reports"]["limits"] == {
+        "concurrency": 1,
+        "max_queue_size": 4,
+        "queue_timeout": 2.0,
+        "max_age": None,
+    }
+
+
+def test_a_lane_defined_after_init_app_applies_to_the_app(app: Flask) -> None:
+    queue = RequestQueue(app)
+    queue.lane("late", concurrency=1, max_age=None)
+    assert "late" in queue.stats(app)["lanes"]
+
+
+def _hold(app: Flask, path: str) -> Call:
+    """Start a request through the app's whole WSGI stack and keep its response open."""
+    call = Call(app.wsgi_app, path)
+    assert call.code == 200, call.body
+    return call
+
+
+def test_limit_routes_a_view_through_its_lane_in_either_decorator_order(
+    app: Flask,
+) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+    queue.lane("reports", concurrency=1, max_queue_size=0)
+
+    @app.get("/report")
+    @queue.limit("reports")
+    def report() -> str:
+        return "report"
+
+    @queue.limit("reports")
+    @app.get("/export")
+    def export() -> str:
+        return "export"
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    held = _hold(app, "/report")
+    assert Call(app.wsgi_app, "/export").code == 503  # same lane, busy
+    index_call = _hold(app, "/")  # default lane is free
+    lanes = queue.stats(app)["lanes"]
+    assert (lanes["reports"]["admitted"], lanes["reports"]["rejected"]["full"]) == (
+        1,
+        1,
+    )
+    assert lanes["default"]["admitted"] == 1
+    held.close()
+    index_call.close()
+
+
+def test_blueprint_views_can_be_limited(app: Flask) -> None:
+    queue = RequestQueue(app)
+    queue.lane("api", concurrency=1, max_queue_size=0)
+    bp = Blueprint("api", __name__, url_prefix="/api")
+
+    @bp.get("/items/<int:item>")
+    @queue.limit("api")
+    def item(item: int) -> str:
+        return str(item)
+
+    app.register_blueprint(bp)
+    held = _hold(app, "/api/items/1")
+    assert Call(app.wsgi_app, "/api/items/2").code == 503
+    held.close()
+
+
+def test_exempt_views_pass_while_the_lane_is_full_and_are_not_counted(
+    app: Flask,
+) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    @app.get("/health")
+    @queue.exempt
+    def health() -> str:
+        return "ok"
+
+    held = _hold(app, "/")
+    assert Call(app.wsgi_app, "/").code == 503
+    health_call = _hold(app, "/health")
+    health_call.close()
+    assert queue.stats(app)["lanes"]["default"]["admitted"] == 1
+    held.close()
+
+
+def test_unrouted_requests_go_through_the_default_lane(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.post("/only-post")
+    @queue.exempt
+    def only_post() -> str:
+        return "posted"
+
+    not_found = Call(app.wsgi_app, "/nope")
+    assert not_found.code == 404
+    assert (
+        Call(app.wsgi_app, "/only-post").code == 503
+    )  # 405 would be answered, but the lane is busy
+    not_found.close()
+    method_not_allowed = Call(app.wsgi_app, "/only-post")
+    assert method_not_allowed.code == 405
+    method_not_allowed.close()
+    assert queue.stats(app)["lanes"]["default"]["admitted"] == 2
+
+
+def test_the_reject_response_hook_runs_in_a_request_context(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    @queue.reject_response
+    def busy(reason: str, retry_after: int) -> Any:
+        return jsonify(path=request.path, reason=reason), 503
+
+    held = _hold(app, "/")
+    rejected = Call(app.wsgi_app, "/?x=1")
+    assert rejected.code == 503
+    assert rejected.json() == {"path": "/", "reason": "full"}
+    assert int(rejected.headers["Retry-After"]) >= 1
+    held.close()
+
+
+def test_classify_set_after_init_app_applies(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=1, queue_timeout=30.0)
+    calls: list[str] = []
+
+    @queue.classify
+    def classify(environ: WSGIEnvironment) -> int:
+        calls.append(environ["PATH_INFO"])
+        return 0
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    _hold(app, "/").close()
+    assert calls == ["/"]
+
+
+def test_signals_are_sent_with_the_app_as_sender(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    reasons: list[str] = []
+    with signals.request_rejected.connected_to(
+        lambda sender, reason, **extra: reasons.append(reason), sender=app
+    ):
+        held = _hold(app, "/")
+        Call(app.wsgi_app, "/")
+        held.close()
+    assert reasons == ["full"]
+    assert queue.stats(app)["lanes"]["default"]["rejected"]["full"] == 1
+
+
+def test_one_extension_serves_several_apps_with_separate_queues() -> None:
+    queue = RequestQueue(concurrency=1, max_queue_size=0)
+    queue.lane("reports", concurrency=1)
+    apps = [Flask("one"), Flask("two")]
+    for each in apps:
+        queue.init_app(each)
+        each.add_url_rule("/", "index", lambda: "index")
+    held = _hold(apps[0], "/")
+    second = _hold(apps[1], "/")  # the other app's default lane is its own
+    assert Call(apps[0].wsgi_app, "/").code == 503
+    held.close()
+    second.close()
+    assert [queue.stats(each)["lanes"]["default"]["admitted"] for each in apps] == [
+        1,
+        1,
+    ]
+
+
+def test_the_test_client_releases_slots_for_responses_it_drops(app: Flask) -> None:
+    RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/").status_code == 200
