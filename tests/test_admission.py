@@ -107,10 +107,11 @@ def test_the_seeds_shape_works_with_documented_defaults() -> None:
     ],
 )
 def test_invalid_settings_raise_value_error_naming_them(
-    setting: str, value: object
+    setting: str, value: Any
 ) -> None:
+    settings: dict[str, Any] = {setting: value}
     with pytest.raises(ValueError, match=setting):
-        RequestQueueMiddleware(hello, **{setting: value})
+        RequestQueueMiddleware(hello, **settings)
 
 
 def test_a_lane_name_cannot_be_defined_twice() -> None:
