@@ -6,6 +6,7 @@ while it sends a response: nothing here depends on timing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, jsonify, request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
 from flask_queue import (
@@ -804,3 +807,93 @@ def test_the_test_client_releases_slots_for_responses_it_drops(app: Flask) -> No
     client = app.test_client()
     for _ in range(5):
         assert client.get("/").status_code == 200
+
+
+# -- property: slots never leak ------------------------------------------------------------------------
+
+_BEHAVIOURS = ("ok", "raise_on_call", "raise_midway", "stream", "close_raises")
+
+
+def _app_behaving(behaviour: str) -> WSGIApplication:
+    class BadClose(list[bytes]):
+        def close(self) -> None:
+            raise OSError("close failed")
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if behaviour == "raise_on_call":
+            raise RuntimeError("view failed")
+        start_response("200 OK", [])
+        if behaviour == "close_raises":
+            return BadClose([b"x"])
+        if behaviour in ("raise_midway", "stream"):
+
+            def body() -> Iterator[bytes]:
+                yield b"a"
+                if behaviour == "raise_midway":
+                    raise RuntimeError("body failed")
+                yield b"b"
+
+            return body()
+        return [b"ok"]
+
+    return app
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(_BEHAVIOURS), st.integers(0, 2), st.booleans()),
+        min_size=1,
+        max_size=12,
+    ),
+    concurrency=st.integers(1, 3),
+)
+def test_slots_never_leak_whatever_the_app_or_the_client_does(
+    steps: list[tuple[str, int, bool]], concurrency: int
+) -> None:
+    """Open requests in any mix of behaviours; read each fully or stop after the first chunk; close all."""
+    apps = {behaviour: _app_behaving(behaviour) for behaviour in _BEHAVIOURS}
+    current = ["ok"]
+    middleware = RequestQueueMiddleware(
+        lambda environ, start_response: apps[current[0]](environ, start_response),
+        concurrency=concurrency,
+        max_queue_size=0,
+    )
+    open_responses: list[Iterable[bytes]] = []
+    admitted = 0
+    for behaviour, _, stop_early in steps:
+        current[0] = behaviour
+        status: list[str] = []
+
+        def start_response(
+            s: str, h: Any, e: Any = None, status: list[str] = status
+        ) -> Any:
+            status.append(s)
+            return lambda data: None
+
+        try:
+            iterable = middleware(EnvironBuilder().get_environ(), start_response)
+        except RuntimeError:
+            admitted += 1  # admitted, then the view raised: its slot is already back
+            continue
+        with contextlib.suppress(RuntimeError):
+            chunks = iter(iterable)
+            next(chunks, None)
+            if not stop_early:
+                for _ in chunks:
+                    pass
+        if status and status[0].startswith("200"):
+            admitted += 1
+        open_responses.append(iterable)
+        assert stats_of(middleware)["running"] <= concurrency
+    for (
+        iterable
+    ) in open_responses:  # the server closes every response, read to the end or not
+        close = getattr(iterable, "close", None)
+        if close is not None:
+            with contextlib.suppress(OSError):
+                close()
+    stats = stats_of(middleware)
+    assert stats["running"] == 0
+    assert stats["admitted"] == admitted
+    assert stats["admitted"] + stats["rejected"]["full"] == len(steps)
