@@ -10,6 +10,7 @@ import contextlib
 import gc
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -40,9 +41,7 @@ class Call:
         self.environ = EnvironBuilder(path=path, **builder).get_environ()
         self.iterable = app(self.environ, self._start_response)
 
-    def _start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Any:
+    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         self.status = status
         self.headers = dict(headers)
         return self._chunks.append
@@ -72,9 +71,7 @@ def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
     return [b"hello"]
 
 
-def stats_of(
-    middleware: RequestQueueMiddleware, lane: str = "default"
-) -> dict[str, Any]:
+def stats_of(middleware: RequestQueueMiddleware, lane: str = "default") -> dict[str, Any]:
     lane_stats: dict[str, Any] = middleware.stats()["lanes"][lane]
     return lane_stats
 
@@ -109,9 +106,7 @@ def test_the_seeds_shape_works_with_documented_defaults() -> None:
         ("status", "503"),
     ],
 )
-def test_invalid_settings_raise_value_error_naming_them(
-    setting: str, value: Any
-) -> None:
+def test_invalid_settings_raise_value_error_naming_them(setting: str, value: Any) -> None:
     settings: dict[str, Any] = {setting: value}
     with pytest.raises(ValueError, match=setting):
         RequestQueueMiddleware(hello, **settings)
@@ -152,17 +147,13 @@ def test_a_client_accepting_json_gets_a_json_rejection() -> None:
 def test_a_browser_accept_header_gets_text() -> None:
     middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
     held = Call(middleware)
-    rejected = Call(
-        middleware, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
-    )
+    rejected = Call(middleware, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert rejected.headers["Content-Type"].startswith("text/plain")
     held.close()
 
 
 def test_status_429_is_configurable() -> None:
-    middleware = RequestQueueMiddleware(
-        hello, concurrency=1, max_queue_size=0, status=429
-    )
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0, status=429)
     held = Call(middleware)
     rejected = Call(middleware)
     assert rejected.status == "429 Too Many Requests"
@@ -173,14 +164,10 @@ def test_status_429_is_configurable() -> None:
 def test_a_custom_rejection_gets_retry_after_added_unless_it_sets_one() -> None:
     seen: list[tuple[str, int]] = []
 
-    def reject(
-        environ: WSGIEnvironment, reason: str, retry_after: int
-    ) -> WSGIApplication:
+    def reject(environ: WSGIEnvironment, reason: str, retry_after: int) -> WSGIApplication:
         seen.append((reason, retry_after))
 
-        def respond(
-            environ: WSGIEnvironment, start_response: StartResponse
-        ) -> Iterable[bytes]:
+        def respond(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             headers = [("Content-Type", "text/plain")]
             if environ["PATH_INFO"] == "/own":
                 headers.append(("retry-after", "99"))
@@ -189,9 +176,7 @@ def test_a_custom_rejection_gets_retry_after_added_unless_it_sets_one() -> None:
 
         return respond
 
-    middleware = RequestQueueMiddleware(
-        hello, concurrency=1, max_queue_size=0, reject_response=reject
-    )
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0, reject_response=reject)
     held = Call(middleware)
     custom = Call(middleware)
     own = Call(middleware, "/own")
@@ -205,9 +190,7 @@ def test_a_custom_rejection_gets_retry_after_added_unless_it_sets_one() -> None:
 def test_the_slot_is_held_until_the_response_is_closed() -> None:
     middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=0)
     call = Call(middleware)
-    assert (
-        call.body == b"hello"
-    )  # fully read, but not closed: a server may still be sending it
+    assert call.body == b"hello"  # fully read, but not closed: a server may still be sending it
     assert stats_of(middleware)["running"] == 1
     call.close()
     assert stats_of(middleware)["running"] == 0
@@ -216,9 +199,7 @@ def test_the_slot_is_held_until_the_response_is_closed() -> None:
 def test_a_streaming_response_keeps_its_slot_until_done() -> None:
     gate = threading.Event()
 
-    def stream(
-        environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterator[bytes]:
+    def stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [])
         yield b"first"
         gate.wait(5)
@@ -236,9 +217,7 @@ def test_a_streaming_response_keeps_its_slot_until_done() -> None:
 
 
 def test_the_slot_is_released_when_the_app_raises() -> None:
-    def broken(
-        environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
+    def broken(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         raise RuntimeError("boom")
 
     middleware = RequestQueueMiddleware(broken, concurrency=1, max_queue_size=0)
@@ -249,9 +228,7 @@ def test_the_slot_is_released_when_the_app_raises() -> None:
 
 
 def test_the_slot_is_released_when_the_body_raises_midway() -> None:
-    def broken(
-        environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterator[bytes]:
+    def broken(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
         start_response("200 OK", [])
         yield b"partial"
         raise RuntimeError("boom")
@@ -303,14 +280,10 @@ def test_closing_twice_releases_once() -> None:
 
 
 def test_a_waiting_request_runs_when_a_slot_frees() -> None:
-    middleware = RequestQueueMiddleware(
-        hello, concurrency=1, max_queue_size=1, queue_timeout=30.0
-    )
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=30.0)
     held = Call(middleware)
     queued = threading.Event()
-    signals.request_queued.connect(
-        lambda sender, **kw: queued.set(), sender=middleware, weak=False
-    )
+    signals.request_queued.connect(lambda sender, **kw: queued.set(), sender=middleware, weak=False)
     result: list[Call] = []
     thread = threading.Thread(target=lambda: result.append(Call(middleware)))
     thread.start()
@@ -326,9 +299,7 @@ def test_a_waiting_request_runs_when_a_slot_frees() -> None:
 
 
 def test_a_request_that_waits_too_long_is_rejected_timeout() -> None:
-    middleware = RequestQueueMiddleware(
-        hello, concurrency=1, max_queue_size=1, queue_timeout=0.05
-    )
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=0.05)
     held = Call(middleware)
     rejected = Call(middleware)
     assert rejected.code == 503
@@ -352,9 +323,7 @@ def test_x_request_start_older_than_max_age_is_rejected_without_running() -> Non
     assert stats_of(middleware)["upstream_ms"]["p50"] > 10_000
 
 
-@pytest.mark.parametrize(
-    "value", ["garbage", "t=", "-5", "99999999999999", "t=4102444800.000"]
-)
+@pytest.mark.parametrize("value", ["garbage", "t=", "-5", "99999999999999", "t=4102444800.000"])
 def test_a_malformed_or_future_x_request_start_is_served(value: str) -> None:
     middleware = RequestQueueMiddleware(hello, max_age=1.0)
     call = Call(middleware, headers={"X-Request-Start": value})
@@ -378,9 +347,7 @@ def test_priority_classes_are_served_in_order_and_shed_the_least_important() -> 
         classify=lambda environ: int(environ.get("HTTP_X_CLASS", "1")),
     )
     waiting = threading.Semaphore(0)
-    signals.request_queued.connect(
-        lambda sender, **kw: waiting.release(), sender=middleware, weak=False
-    )
+    signals.request_queued.connect(lambda sender, **kw: waiting.release(), sender=middleware, weak=False)
     outcomes: dict[str, int] = {}
 
     def client(path: str, klass: str) -> None:
@@ -430,18 +397,14 @@ def test_a_broken_classify_puts_requests_in_class_0_and_logs_once(
 def test_a_broken_lane_selector_uses_the_default_lane_and_logs_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    middleware = RequestQueueMiddleware(
-        hello, select_lane=lambda environ: "no-such-lane"
-    )
+    middleware = RequestQueueMiddleware(hello, select_lane=lambda environ: "no-such-lane")
     with caplog.at_level(logging.ERROR, logger="flask_queue.admission"):
         for _ in range(2):
             call = Call(middleware)
             assert call.code == 200
             call.close()
     assert stats_of(middleware)["admitted"] == 2
-    assert (
-        len([r for r in caplog.records if "select_lane failed" in r.getMessage()]) == 1
-    )
+    assert len([r for r in caplog.records if "select_lane failed" in r.getMessage()]) == 1
 
 
 def test_lanes_are_independent_and_exempt_requests_are_never_queued() -> None:
@@ -463,12 +426,87 @@ def test_lanes_are_independent_and_exempt_requests_are_never_queued() -> None:
     assert health.code == 200
     health.close()
     stats = middleware.stats()["lanes"]
-    assert (
-        stats["reports"]["limits"]["max_queue_size"] == 0
-    )  # inherited from the default lane
+    assert stats["reports"]["limits"]["max_queue_size"] == 0  # inherited from the default lane
     assert (stats["default"]["admitted"], stats["reports"]["admitted"]) == (1, 1)
     held_default.close()
     held_report.close()
+
+
+def _wait_then_admit(middleware: RequestQueueMiddleware, environ_extra: dict[str, Any]) -> Call:
+    """A request that has to wait for the slot a held request frees, with extra environ keys."""
+    held = Call(middleware, "/held")
+    queued = threading.Event()
+    result: list[Call] = []
+
+    def app_call() -> None:
+        builder_env = EnvironBuilder(path="/waited").get_environ()
+        builder_env.update(environ_extra)
+        call = Call.__new__(Call)
+        call.status, call.headers, call._chunks, call.environ = "", {}, [], builder_env
+        call.iterable = middleware(builder_env, call._start_response)
+        result.append(call)
+
+    with signals.request_queued.connected_to(lambda sender, **kw: queued.set(), sender=middleware):
+        thread = threading.Thread(target=app_call)
+        thread.start()
+        assert queued.wait(5)
+    held.close()
+    thread.join(5)
+    return result[0]
+
+
+def test_a_waiter_whose_client_left_is_not_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        ran.append(environ["PATH_INFO"])
+        return hello(environ, start_response)
+
+    middleware = RequestQueueMiddleware(app, concurrency=1, max_queue_size=1, queue_timeout=30.0)
+    ours, theirs = socket.socketpair()
+    theirs.close()  # the client hung up while its request waited
+    try:
+        with caplog.at_level(logging.INFO, logger="flask_queue.admission"):
+            call = _wait_then_admit(middleware, {"gunicorn.socket": ours})
+    finally:
+        ours.close()
+    assert call.code == 503
+    assert b"disconnected" in call.body
+    assert ran == ["/held"]
+    stats = stats_of(middleware)
+    assert (stats["admitted"], stats["rejected"]["disconnected"], stats["running"]) == (
+        1,
+        1,
+        0,
+    )
+    assert any("disconnected" in record.getMessage() for record in caplog.records)
+
+
+def test_a_waiter_whose_client_is_still_there_runs() -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=30.0)
+    ours, theirs = socket.socketpair()
+    unconnected = socket.socket()
+    try:
+        theirs.sendall(b"pipelined bytes count as a live client")
+        call = _wait_then_admit(middleware, {"gunicorn.socket": ours})
+        assert call.code == 200
+        call.close()
+        idle = _wait_then_admit(middleware, {"gunicorn.socket": unconnected})
+        assert idle.code == 200  # an unusable socket is no proof the client left
+        idle.close()
+    finally:
+        for each in (ours, theirs, unconnected):
+            each.close()
+
+
+@pytest.mark.parametrize(("gone", "code"), [(True, 503), (False, 200)])
+def test_waitress_tells_whether_the_client_left(gone: bool, code: int) -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=30.0)
+    call = _wait_then_admit(middleware, {"waitress.client_disconnected": lambda: gone})
+    assert call.code == code
+    call.close()
 
 
 def test_a_rejection_is_logged_with_its_reason(
@@ -478,9 +516,7 @@ def test_a_rejection_is_logged_with_its_reason(
     held = Call(middleware)
     with caplog.at_level(logging.INFO, logger="flask_queue.admission"):
         Call(middleware, "/busy")
-    assert any(
-        "/busy" in r.getMessage() and "full" in r.getMessage() for r in caplog.records
-    )
+    assert any("/busy" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
     held.close()
 
 
@@ -602,9 +638,7 @@ def test_lane_validation(app: Flask) -> None:
 def test_limit_on_an_unknown_lane_raises_at_decoration(app: Flask) -> None:
     queue = RequestQueue(app)
     queue.lane("reports", concurrency=1)
-    with pytest.raises(
-        ValueError, match=r"unknown lane 'reprots'.*queue.lane\('reprots'"
-    ):
+    with pytest.raises(ValueError, match=r"unknown lane 'reprots'.*queue.lane\('reprots'"):
         queue.limit("reprots")
 
 
@@ -715,9 +749,7 @@ def test_unrouted_requests_go_through_the_default_lane(app: Flask) -> None:
 
     not_found = Call(app.wsgi_app, "/nope")
     assert not_found.code == 404
-    assert (
-        Call(app.wsgi_app, "/only-post").code == 503
-    )  # 405 would be answered, but the lane is busy
+    assert Call(app.wsgi_app, "/only-post").code == 503  # 405 would be answered, but the lane is busy
     not_found.close()
     method_not_allowed = Call(app.wsgi_app, "/only-post")
     assert method_not_allowed.code == 405
@@ -865,9 +897,7 @@ def test_slots_never_leak_whatever_the_app_or_the_client_does(
         current[0] = behaviour
         status: list[str] = []
 
-        def start_response(
-            s: str, h: Any, e: Any = None, status: list[str] = status
-        ) -> Any:
+        def start_response(s: str, h: Any, e: Any = None, status: list[str] = status) -> Any:
             status.append(s)
             return lambda data: None
 
@@ -886,9 +916,7 @@ def test_slots_never_leak_whatever_the_app_or_the_client_does(
             admitted += 1
         open_responses.append(iterable)
         assert stats_of(middleware)["running"] <= concurrency
-    for (
-        iterable
-    ) in open_responses:  # the server closes every response, read to the end or not
+    for iterable in open_responses:  # the server closes every response, read to the end or not
         close = getattr(iterable, "close", None)
         if close is not None:
             with contextlib.suppress(OSError):

@@ -7,11 +7,7 @@ import flask_queue
 
 
 def test_all_matches_the_public_names() -> None:
-    public = {
-        name
-        for name in dir(flask_queue)
-        if not name.startswith("_") or name == "__version__"
-    }
+    public = {name for name in dir(flask_queue) if not name.startswith("_") or name == "__version__"}
     incidental = {
         name
         for name in public

@@ -59,9 +59,7 @@ def make_lane(**limits: object) -> Lane:
         ("max_age", -5),
     ],
 )
-def test_invalid_settings_raise_value_error_naming_the_setting(
-    setting: str, value: object
-) -> None:
+def test_invalid_settings_raise_value_error_naming_the_setting(setting: str, value: object) -> None:
     with pytest.raises(ValueError, match=setting) as caught:
         make_lane(**{setting: value})
     assert isinstance(caught.value, ConfigurationError)
@@ -77,9 +75,7 @@ def test_a_queue_of_size_zero_is_valid_and_rejects_when_busy() -> None:
 # -- admission and the line ------------------------------------------------------------------------------
 
 
-def test_requests_are_admitted_up_to_concurrency_then_wait_then_are_rejected_full() -> (
-    None
-):
+def test_requests_are_admitted_up_to_concurrency_then_wait_then_are_rejected_full() -> None:
     lane = make_lane(concurrency=2, max_queue_size=1)
     tickets = [lane.arrive() for _ in range(4)]
     assert [t.state for t in tickets] == [ADMITTED, ADMITTED, WAITING, REJECTED]
@@ -87,9 +83,7 @@ def test_requests_are_admitted_up_to_concurrency_then_wait_then_are_rejected_ful
     assert (lane.running, lane.waiting) == (2, 1)
 
 
-def test_a_release_hands_the_slot_to_the_first_waiter_of_the_most_important_class() -> (
-    None
-):
+def test_a_release_hands_the_slot_to_the_first_waiter_of_the_most_important_class() -> None:
     lane = make_lane(max_queue_size=5)
     running = lane.arrive()
     low_a, high_a, low_b, high_b = (lane.arrive(p) for p in (1, 0, 1, 0))
@@ -111,9 +105,7 @@ def test_negative_classes_are_more_important_than_zero() -> None:
     assert normal.state == WAITING
 
 
-def test_a_full_line_sheds_the_newest_of_the_least_important_class_for_a_more_important_request() -> (
-    None
-):
+def test_a_full_line_sheds_the_newest_of_the_least_important_class_for_a_more_important_request() -> None:
     lane = make_lane(max_queue_size=3)
     lane.arrive()
     old_low, mid, new_low = lane.arrive(2), lane.arrive(1), lane.arrive(2)
@@ -194,12 +186,30 @@ def test_abandon_takes_a_waiter_out_of_line_but_not_an_admitted_one() -> None:
     assert running.state == ADMITTED
 
 
+def test_withdraw_turns_an_admitted_request_into_a_rejection_and_hands_the_slot_on() -> None:
+    lane = make_lane()
+    holder = lane.arrive()
+    gone = lane.arrive()
+    nxt = lane.arrive()
+    lane.release(holder)
+    assert gone.state == ADMITTED
+    assert lane.withdraw(gone, "disconnected")
+    assert (gone.state, gone.reason) == (REJECTED, "disconnected")
+    assert nxt.state == ADMITTED
+    stats = lane.stats()
+    assert (stats["admitted"], stats["rejected"]["disconnected"], stats["running"]) == (
+        2,
+        1,
+        1,
+    )
+    assert not lane.withdraw(gone, "disconnected")
+    assert lane.release(gone) is None
+
+
 # -- time: queue timeout and max age ---------------------------------------------------------------------
 
 
-def test_a_request_older_than_max_age_is_rejected_without_running_even_with_a_free_slot() -> (
-    None
-):
+def test_a_request_older_than_max_age_is_rejected_without_running_even_with_a_free_slot() -> None:
     lane = make_lane(max_age=10.0)
     ticket = lane.arrive(upstream=12.0)
     assert (ticket.state, ticket.reason) == (REJECTED, "too_old")
@@ -211,9 +221,7 @@ def test_a_free_slot_admits_a_request_whose_queue_timeout_was_spent_upstream() -
     assert lane.arrive(upstream=3.0).state == ADMITTED
 
 
-def test_a_request_that_would_wait_with_its_timeout_spent_upstream_is_rejected_at_once() -> (
-    None
-):
+def test_a_request_that_would_wait_with_its_timeout_spent_upstream_is_rejected_at_once() -> None:
     lane = make_lane(queue_timeout=1.0)
     lane.arrive()
     ticket = lane.arrive(upstream=1.5)
@@ -267,9 +275,7 @@ def test_a_blocked_request_is_admitted_when_a_slot_frees() -> None:
     assert result[0].state == ADMITTED
 
 
-def test_a_grant_racing_the_timeout_admits_the_request_and_keeps_the_count_right() -> (
-    None
-):
+def test_a_grant_racing_the_timeout_admits_the_request_and_keeps_the_count_right() -> None:
     """The slot is handed over between the waiter's timeout and its abandon: the waiter takes the slot."""
     clock = FakeClock()
     lane = Lane("t", concurrency=1, max_queue_size=1, queue_timeout=1.0, clock=clock)
@@ -315,7 +321,13 @@ def test_stats_report_counts_and_percentiles() -> None:
     assert stats["running"] == 0
     assert stats["waiting"] == 0
     assert stats["admitted"] == 2
-    assert stats["rejected"] == {"full": 1, "timeout": 0, "too_old": 0, "shed": 0}
+    assert stats["rejected"] == {
+        "full": 1,
+        "timeout": 0,
+        "too_old": 0,
+        "shed": 0,
+        "disconnected": 0,
+    }
     assert stats["wait_ms"] == {"p50": 0.0, "p95": 500.0, "p99": 500.0}
     assert stats["service_ms"] == {"p50": 250.0, "p95": 500.0, "p99": 500.0}
     assert stats["upstream_ms"] == {"p50": None, "p95": None, "p99": None}
@@ -390,9 +402,7 @@ class LaneMachine(RuleBasedStateMachine):
         super().__init__()
         self.model_waiting: list[Ticket] = []
         self.arrivals = 0
-        self.fates: dict[
-            int, int
-        ] = {}  # ticket seq -> times it reached a final admission/rejection
+        self.fates: dict[int, int] = {}  # ticket seq -> times it reached a final admission/rejection
         self.tickets: list[Ticket] = []
 
     @initialize(concurrency=st.integers(1, 3), max_queue_size=st.integers(0, 4))
@@ -409,9 +419,7 @@ class LaneMachine(RuleBasedStateMachine):
         lane = self.lane
         full = lane.waiting >= lane.max_queue_size
         busy = lane.running >= lane.concurrency
-        victim = max(
-            self.model_waiting, key=lambda t: (t.priority, t.seq), default=None
-        )
+        victim = max(self.model_waiting, key=lambda t: (t.priority, t.seq), default=None)
         ticket = lane.arrive(priority)
         self.arrivals += 1
         self.tickets.append(ticket)
@@ -434,13 +442,9 @@ class LaneMachine(RuleBasedStateMachine):
         """An admitted request finishes; a waiting one times out; a rejected one is gone already."""
         lane = self.lane
         if ticket.state == ADMITTED:
-            expected = min(
-                self.model_waiting, key=lambda t: (t.priority, t.seq), default=None
-            )
+            expected = min(self.model_waiting, key=lambda t: (t.priority, t.seq), default=None)
             granted = lane.release(ticket)
-            assert granted is expected, (
-                "the slot goes to the first waiter of the most important class"
-            )
+            assert granted is expected, "the slot goes to the first waiter of the most important class"
             if expected is not None:
                 self.model_waiting.remove(expected)
                 assert expected.state == ADMITTED
@@ -453,6 +457,19 @@ class LaneMachine(RuleBasedStateMachine):
         else:
             assert ticket.state == REJECTED
 
+    @rule(ticket=consumes(tickets_bundle))
+    def client_leaves(self, ticket: Ticket) -> None:
+        """An admitted request's client turns out to be gone: it is withdrawn and the slot handed on."""
+        lane = self.lane
+        if ticket.state != ADMITTED:
+            return
+        expected = min(self.model_waiting, key=lambda t: (t.priority, t.seq), default=None)
+        assert lane.withdraw(ticket, "disconnected")
+        assert (ticket.state, ticket.reason) == (REJECTED, "disconnected")
+        if expected is not None:
+            self.model_waiting.remove(expected)
+            assert expected.state == ADMITTED
+
     @invariant()
     def limits_hold(self) -> None:
         lane = self.lane
@@ -460,22 +477,15 @@ class LaneMachine(RuleBasedStateMachine):
         assert 0 <= lane.waiting <= lane.max_queue_size
         assert lane.waiting == len(self.model_waiting)
         if lane.waiting:
-            assert lane.running == lane.concurrency, (
-                "no slot is idle while someone waits"
-            )
+            assert lane.running == lane.concurrency, "no slot is idle while someone waits"
 
     @invariant()
     def every_request_is_accounted_for_once(self) -> None:
         stats = self.lane.stats()
-        assert (
-            stats["admitted"] + sum(stats["rejected"].values()) + stats["waiting"]
-            == self.arrivals
-        )
+        assert stats["admitted"] + sum(stats["rejected"].values()) + stats["waiting"] == self.arrivals
         assert sum(t.state == WAITING for t in self.tickets) == stats["waiting"]
         assert sum(t.state == ADMITTED for t in self.tickets) == stats["running"]
 
 
-LaneMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=60, deadline=None
-)
+LaneMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 test_lane_state_machine = LaneMachine.TestCase

@@ -23,7 +23,7 @@ from typing import Any
 from .exceptions import ConfigurationError
 
 #: Why a request was rejected.
-REASONS = ("full", "timeout", "too_old", "shed")
+REASONS = ("full", "timeout", "too_old", "shed", "disconnected")
 
 WAITING, ADMITTED, DONE, REJECTED = range(4)
 
@@ -104,15 +104,8 @@ def _non_negative_int(name: str, value: object) -> int:
 
 
 def _positive_seconds(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not value > 0
-        or math.isinf(value)
-    ):
-        raise ConfigurationError(
-            f"{name} must be a positive number of seconds, got {value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -144,9 +137,7 @@ class Lane:
         self.concurrency = _positive_int("concurrency", concurrency)
         self.max_queue_size = _non_negative_int("max_queue_size", max_queue_size)
         self.queue_timeout = _positive_seconds("queue_timeout", queue_timeout)
-        self.max_age = (
-            None if max_age is None else _positive_seconds("max_age", max_age)
-        )
+        self.max_age = None if max_age is None else _positive_seconds("max_age", max_age)
         self._clock = clock
         self._lock = threading.Lock()
         self._running = 0
@@ -223,18 +214,29 @@ class Lane:
             service = now - ticket.admitted_at
             self._service.add(service)
             ewma = self._service_ewma
-            self._service_ewma = (
-                service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
-            )
-            if not self._n_waiting:
-                return None
-            best = self._waiting[min(self._waiting)]
-            _, nxt = best.popitem(last=False)
-            self._forget_class_if_empty_locked(nxt.priority)
-            self._n_waiting -= 1
-            self._admit_locked(nxt, now)
-        nxt._wake()
+            self._service_ewma = service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
+            nxt = self._hand_over_locked(now)
+        if nxt is not None:
+            nxt._wake()
         return nxt
+
+    def withdraw(self, ticket: Ticket, reason: str) -> bool:
+        """Turn an ADMITTED ticket that has not run into a rejection (its client left while it waited).
+
+        The slot goes to the next waiter at once, and the request counts as rejected for ``reason``, not as
+        admitted. ``False`` if the ticket was not ADMITTED.
+        """
+        now = self._clock()
+        with self._lock:
+            if ticket.state != ADMITTED:
+                return False
+            self._running -= 1
+            self._admitted -= 1
+            self._reject_locked(ticket, reason)
+            nxt = self._hand_over_locked(now)
+        if nxt is not None:
+            nxt._wake()
+        return True
 
     def abandon(self, ticket: Ticket, reason: str) -> bool:
         """Take a WAITING ticket out of line, rejected for ``reason``; ``False`` if it was admitted meanwhile."""
@@ -262,9 +264,7 @@ class Lane:
         """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such)."""
         timeout_at = ticket.arrived + self.queue_timeout
         age_at = math.inf if self.max_age is None else ticket.arrived + self.max_age
-        deadline, reason = (
-            (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
-        )
+        deadline, reason = (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
         wakeup = ticket._wakeup
         assert wakeup is not None, "a WAITING ticket always has its wake-up lock"
         remaining = deadline - self._clock()
@@ -309,6 +309,17 @@ class Lane:
         self._running += 1
         self._admitted += 1
         self._wait.add(now - ticket.arrived)
+
+    def _hand_over_locked(self, now: float) -> Ticket | None:
+        """Admit the best waiter into a slot just freed; the caller wakes it once the lock is released."""
+        if not self._n_waiting:
+            return None
+        best = self._waiting[min(self._waiting)]
+        _, nxt = best.popitem(last=False)
+        self._forget_class_if_empty_locked(nxt.priority)
+        self._n_waiting -= 1
+        self._admit_locked(nxt, now)
+        return nxt
 
     def _reject_locked(self, ticket: Ticket, reason: str) -> None:
         ticket.state = REJECTED

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -99,14 +100,8 @@ _DEFAULTS: Final[dict[str, Any]] = {
 
 
 def _check_status(status: object) -> int:
-    if (
-        isinstance(status, bool)
-        or not isinstance(status, int)
-        or not 400 <= status <= 599
-    ):
-        raise ConfigurationError(
-            f"status must be an HTTP error status from 400 to 599, got {status!r}"
-        )
+    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+        raise ConfigurationError(f"status must be an HTTP error status from 400 to 599, got {status!r}")
     return status
 
 
@@ -210,12 +205,8 @@ class RequestQueueMiddleware:
         lane = Lane(
             name,
             concurrency=default.concurrency if concurrency is None else concurrency,
-            max_queue_size=default.max_queue_size
-            if max_queue_size is None
-            else max_queue_size,
-            queue_timeout=default.queue_timeout
-            if queue_timeout is None
-            else queue_timeout,
+            max_queue_size=default.max_queue_size if max_queue_size is None else max_queue_size,
+            queue_timeout=default.queue_timeout if queue_timeout is None else queue_timeout,
             max_age=default.max_age if isinstance(max_age, _Unset) else max_age,
         )
         self.lanes[name] = lane
@@ -225,7 +216,8 @@ class RequestQueueMiddleware:
         """Figures for every lane, as plain data::
 
             {"lanes": {"default": {"running": 0, "waiting": 0, "admitted": 0,
-                                   "rejected": {"full": 0, "timeout": 0, "too_old": 0, "shed": 0},
+                                   "rejected": {"full": 0, "timeout": 0, "too_old": 0, "shed": 0,
+                                                "disconnected": 0},
                                    "wait_ms": {"p50": ..., "p95": ..., "p99": ...},
                                    "service_ms": {...}, "upstream_ms": {...}, "limits": {...}}}}
 
@@ -235,14 +227,8 @@ class RequestQueueMiddleware:
         """
         return {"lanes": {name: lane.stats() for name, lane in self.lanes.items()}}
 
-    def __call__(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        lane = (
-            self.lanes[DEFAULT_LANE]
-            if self.select_lane is None
-            else self._lane(environ)
-        )
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        lane = self.lanes[DEFAULT_LANE] if self.select_lane is None else self._lane(environ)
         if lane is None:
             return self.app(environ, start_response)
         priority = 0 if self.classify is None else self._priority(environ)
@@ -262,6 +248,8 @@ class RequestQueueMiddleware:
                     environ=environ,
                 )
             lane.wait(ticket)
+            if ticket.state != REJECTED and _client_gone(environ):
+                lane.withdraw(ticket, "disconnected")
         if ticket.state == REJECTED:
             return self._reject(environ, start_response, lane, ticket)
         if signals.request_admitted.receivers:
@@ -361,9 +349,7 @@ class RequestQueueMiddleware:
         message = "Too many requests" if self.status == 429 else "The server is busy"
         accept = parse_accept_header(environ.get("HTTP_ACCEPT"), MIMEAccept)
         if accept.best_match(("text/plain", "application/json")) == "application/json":
-            body = json.dumps(
-                {"error": message, "reason": reason, "retry_after": retry_after}
-            ).encode()
+            body = json.dumps({"error": message, "reason": reason, "retry_after": retry_after}).encode()
             content_type = "application/json"
         else:
             body = f"{message} ({reason}); retry in {retry_after} s.\n".encode()
@@ -419,9 +405,7 @@ class RequestQueue:
         self._lanes: dict[str, dict[str, Any]] = {}
         self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
         self._marked = False  # whether any view was given a lane or made exempt
-        self._apps: weakref.WeakSet[Flask] = (
-            weakref.WeakSet()
-        )  # set up by init_app; never kept alive here
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()  # set up by init_app; never kept alive here
         if app is not None:
             self.init_app(app)
 
@@ -433,9 +417,7 @@ class RequestQueue:
             )
         settings = {}
         for name, default in self._defaults.items():
-            settings[name] = app.config.setdefault(
-                f"REQUEST_QUEUE_{name.upper()}", default
-            )
+            settings[name] = app.config.setdefault(f"REQUEST_QUEUE_{name.upper()}", default)
         try:
             middleware = RequestQueueMiddleware(
                 app.wsgi_app,
@@ -447,9 +429,7 @@ class RequestQueue:
                 **settings,
             )
         except ConfigurationError as error:
-            raise ConfigurationError(
-                f"{error} (from REQUEST_QUEUE_* config or RequestQueue())"
-            ) from None
+            raise ConfigurationError(f"{error} (from REQUEST_QUEUE_* config or RequestQueue())") from None
         for name, limits in self._lanes.items():
             middleware.add_lane(name, **limits)
         app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -589,18 +569,42 @@ class RequestQueue:
         return select
 
 
-def _flask_rejection(
-    app: Flask, func: Callable[[str, int], ResponseReturnValue]
-) -> RejectResponse:
+def _flask_rejection(app: Flask, func: Callable[[str, int], ResponseReturnValue]) -> RejectResponse:
     """Adapt a ``@queue.reject_response`` function to the middleware's hook, inside a request context."""
 
-    def respond(
-        environ: WSGIEnvironment, reason: str, retry_after: int
-    ) -> WSGIApplication:
+    def respond(environ: WSGIEnvironment, reason: str, retry_after: int) -> WSGIApplication:
         with app.request_context(environ):
             return app.make_response(func(reason, retry_after))
 
     return respond
+
+
+def _client_gone(environ: WSGIEnvironment) -> bool:
+    """Whether the client closed its connection, where the server lets us tell; ``False`` when unsure.
+
+    Checked only for requests that waited, so that the slot goes to a client that is still there (HAProxy's
+    ``abortonclose``). A client that half-closes its side after sending the request reads as gone, as there.
+    """
+    disconnected = environ.get("waitress.client_disconnected")
+    if disconnected is not None:
+        try:
+            return bool(disconnected())
+        except Exception:
+            return False
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing to read: the connection is open and idle
+    except ConnectionError:
+        return True
+    except (
+        OSError,
+        ValueError,
+    ):  # TLS sockets refuse flags; anything odd: assume the client is there
+        return False
 
 
 def _route_lane(app: Flask, environ: WSGIEnvironment) -> str | _Exempt | None:
@@ -613,17 +617,11 @@ def _route_lane(app: Flask, environ: WSGIEnvironment) -> str | _Exempt | None:
     elif not app.subdomain_matching:
         subdomain = app.url_map.default_subdomain or ""
     try:
-        adapter = app.url_map.bind_to_environ(
-            environ, server_name=server_name, subdomain=subdomain
-        )
+        adapter = app.url_map.bind_to_environ(environ, server_name=server_name, subdomain=subdomain)
         endpoint, _ = adapter.match()
-    except (
-        HTTPException
-    ):  # 404, 405, redirects: Flask answers them; the default lane admits them
+    except HTTPException:  # 404, 405, redirects: Flask answers them; the default lane admits them
         return None
-    except (
-        Exception
-    ):  # a malformed request must not become a 500 here; Flask will judge it
+    except Exception:  # a malformed request must not become a 500 here; Flask will judge it
         log.debug(
             "could not route %r for lane selection",
             environ.get("PATH_INFO"),

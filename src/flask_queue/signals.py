@@ -25,7 +25,8 @@ request_queued = _signals.signal("request-queued")
 #: waiting in the lane), ``environ``.
 request_admitted = _signals.signal("request-admitted")
 #: A request was answered with a rejection and never ran. Keyword arguments: ``lane``, ``reason``
-#: (``"full"``, ``"timeout"``, ``"too_old"`` or ``"shed"``), ``retry_after`` (seconds), ``environ``.
+#: (``"full"``, ``"timeout"``, ``"too_old"``, ``"shed"``, or ``"disconnected"`` for a request whose client
+#: left while it waited), ``retry_after`` (seconds), ``environ``.
 request_rejected = _signals.signal("request-rejected")
 
 # Task-queue signals, sent by flask_queue.tasks once it exists; declared here so receivers can connect early.

@@ -1,0 +1,407 @@
+"""The demo app (``examples.demo``): its page, its exempt endpoints, its lanes under a burst.
+
+Requests are held inside the views by a ``Gate`` passed as the demo's ``work`` function, and the tests wait
+on the queue's own signals, so nothing here depends on timing. Every response is closed (``with``), because
+a request's slot is released when its response closes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from examples.demo import SELF_URL_KEY, bursts_of, classify, create_app
+from examples.demo.__main__ import main
+from flask import Flask
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, create_server
+
+from flask_queue import signals
+
+TIMEOUT = 10.0
+
+
+class Gate:
+    """The demo's ``work``: holds each request of ``endpoints`` in its view until opened."""
+
+    def __init__(self, *endpoints: str) -> None:
+        self.endpoints = endpoints or ("slow", "report")
+        self._inside = threading.Semaphore(0)
+        self._open = threading.Event()
+
+    def __call__(self, endpoint: str) -> None:
+        if endpoint not in self.endpoints:
+            return
+        self._inside.release()
+        if not self._open.wait(TIMEOUT):
+            raise RuntimeError("the test never opened the gate")
+
+    def wait_inside(self, count: int = 1) -> None:
+        """Return once ``count`` more requests are inside a view."""
+        for _ in range(count):
+            assert self._inside.acquire(timeout=TIMEOUT), "no request reached the view"
+
+    def open(self) -> None:
+        self._open.set()
+
+
+class Tally:
+    """A signal receiver that counts what it receives, and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self._received = threading.Semaphore(0)
+        self.reasons: list[str] = []
+
+    def __call__(self, sender: object, **extra: Any) -> None:
+        if "reason" in extra:
+            self.reasons.append(extra["reason"])
+        self._received.release()
+
+    def wait(self, count: int = 1) -> None:
+        for _ in range(count):
+            assert self._received.acquire(timeout=TIMEOUT), "the signal never came"
+
+
+class Get:
+    """A GET in its own thread, through its own test client; the response is closed in that thread."""
+
+    def __init__(self, app: Flask, path: str, headers: dict[str, str] | None = None) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self._thread = threading.Thread(target=self._run, args=(app, path, headers or {}), name=f"GET {path}")
+        self._thread.start()
+
+    def _run(self, app: Flask, path: str, headers: dict[str, str]) -> None:
+        with app.test_client().get(path, headers=headers) as response:
+            self.status = response.status_code
+            self.headers = dict(response.headers)
+            self.body = response.get_data()
+
+    def join(self) -> Get:
+        self._thread.join(TIMEOUT)
+        assert not self._thread.is_alive(), "the request never finished"
+        return self
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    gate = Gate()
+    yield gate
+    gate.open()  # a failed test must not leave its requests waiting
+
+
+@pytest.fixture
+def spawn(gate: Gate) -> Iterator[Callable[..., Get]]:
+    """``spawn(app, path, headers)`` starts a ``Get``; teardown opens the gate and joins them all."""
+    started: list[Get] = []
+
+    def start(app: Flask, path: str, headers: dict[str, str] | None = None) -> Get:
+        get = Get(app, path, headers)
+        started.append(get)
+        return get
+
+    yield start
+    gate.open()
+    for get in started:
+        get.join()
+
+
+def lane_stats(app: Flask, lane: str = "default") -> dict[str, Any]:
+    with app.test_client().get("/api/stats") as response:
+        stats: dict[str, Any] = response.get_json()["lanes"][lane]
+    return stats
+
+
+# -- the page and the exempt endpoints ------------------------------------------------------------------
+
+
+def test_the_page_renders_its_controls_and_assets() -> None:
+    app = create_app()
+    client = app.test_client()
+    with client.get("/") as response:
+        assert response.status_code == 200
+        assert response.mimetype == "text/html"
+        assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+        page = response.get_data(as_text=True)
+    assert "Fire a burst" in page
+    assert "GET /slow" in page
+    assert "GET /report" in page
+    for target in ("slow", "report"):
+        for size in (5, 20, 50):
+            assert f'data-target="{target}" data-size="{size}"' in page
+    assert 'id="important"' in page
+    # No inline script or style, nothing from elsewhere: the CSP above would block it anyway.
+    assert not re.search(r"<script>|<style|style=|https?://", page)
+    for asset in ("demo.css", "demo.js", "favicon.svg"):
+        assert f"/static/{asset}" in page
+        with client.get(f"/static/{asset}") as response:
+            assert response.status_code == 200
+
+
+def test_health() -> None:
+    with create_app().test_client().get("/health") as response:
+        assert response.status_code == 200
+        assert response.get_json() == {"status": "ok"}
+
+
+def test_the_stats_json_is_the_queues_stats() -> None:
+    app = create_app(
+        concurrency=3,
+        max_queue_size=7,
+        queue_timeout=4.0,
+        report_concurrency=1,
+        report_max_queue_size=2,
+        report_queue_timeout=6.0,
+        work=Gate("none"),
+    )
+    client = app.test_client()
+    with client.get("/slow") as response:
+        assert response.status_code == 200
+        assert response.get_json()["lane"] == "default"
+    with client.get("/api/stats") as response:
+        assert response.status_code == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        stats = response.get_json()
+    assert set(stats) == {"lanes"}
+    assert set(stats["lanes"]) == {"default", "reports"}
+    for lane in stats["lanes"].values():
+        assert {
+            "running",
+            "waiting",
+            "admitted",
+            "rejected",
+            "wait_ms",
+            "service_ms",
+            "limits",
+        } <= set(lane)
+        assert set(lane["rejected"]) == {"full", "timeout", "too_old", "shed"}
+        assert set(lane["wait_ms"]) == set(lane["service_ms"]) == {"p50", "p95", "p99"}
+    default, reports = stats["lanes"]["default"], stats["lanes"]["reports"]
+    assert (default["running"], default["waiting"], default["admitted"]) == (0, 0, 1)
+    assert default["wait_ms"]["p50"] is not None
+    assert default["limits"] == {
+        "concurrency": 3,
+        "max_queue_size": 7,
+        "queue_timeout": 4.0,
+        "max_age": None,
+    }
+    assert reports["limits"] == {
+        "concurrency": 1,
+        "max_queue_size": 2,
+        "queue_timeout": 6.0,
+        "max_age": None,
+    }
+    assert reports["admitted"] == 0  # the stats endpoint itself is exempt
+
+
+# -- lanes under a burst --------------------------------------------------------------------------------
+
+
+def test_a_full_lane_answers_503_with_retry_after(gate: Gate, spawn: Callable[..., Get]) -> None:
+    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+    queued = Tally()
+    with signals.request_queued.connected_to(queued, sender=app):
+        running = spawn(app, "/slow")
+        gate.wait_inside()
+        waiting = spawn(app, "/slow")
+        queued.wait()
+
+    with app.test_client().get("/slow", headers={"Accept": "application/json"}) as response:
+        assert response.status_code == 503
+        assert re.fullmatch(r"[1-9][0-9]*", response.headers["Retry-After"])
+        assert response.get_json()["reason"] == "full"
+    stats = lane_stats(app)
+    assert (stats["running"], stats["waiting"], stats["rejected"]["full"]) == (1, 1, 1)
+
+    gate.open()
+    assert running.join().status == 200
+    assert waiting.join().status == 200
+    stats = lane_stats(app)
+    assert (stats["running"], stats["waiting"], stats["admitted"]) == (0, 0, 2)
+
+
+def test_the_reports_lane_fills_on_its_own(spawn: Callable[..., Get]) -> None:
+    gate = Gate("report")
+    app = create_app(report_concurrency=1, report_max_queue_size=0, work=gate)
+    report = spawn(app, "/report")
+    gate.wait_inside()
+    client = app.test_client()
+    with client.get("/report") as response:
+        assert response.status_code == 503
+        assert "Retry-After" in response.headers
+        assert "full" in response.get_data(as_text=True)  # a text body for a client that did not ask JSON
+    with client.get("/slow") as response:
+        assert response.status_code == 200, "the default lane has its own slots"
+    assert lane_stats(app, "reports")["rejected"]["full"] == 1
+    assert lane_stats(app, "default")["rejected"]["full"] == 0
+    gate.open()
+    assert report.join().status == 200
+
+
+def test_exempt_endpoints_answer_while_every_lane_is_full(gate: Gate, spawn: Callable[..., Get]) -> None:
+    app = create_app(concurrency=1, max_queue_size=0, report_max_queue_size=0, work=gate)
+    spawn(app, "/slow")
+    spawn(app, "/report")
+    gate.wait_inside(2)
+    client = app.test_client()
+    for path in ("/slow", "/report"):
+        with client.get(path) as response:
+            assert response.status_code == 503
+    for path in ("/health", "/api/stats", "/api/bursts", "/", "/static/demo.js"):
+        with client.get(path) as response:
+            assert response.status_code == 200, path
+
+
+@pytest.mark.parametrize(
+    ("headers", "query"),
+    [({"X-Priority": "high"}, ""), ({}, "?priority=high")],
+    ids=["header", "query"],
+)
+def test_an_important_request_takes_the_place_of_an_ordinary_waiter(
+    gate: Gate, spawn: Callable[..., Get], headers: dict[str, str], query: str
+) -> None:
+    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+    queued, rejected = Tally(), Tally()
+    with (
+        signals.request_queued.connected_to(queued, sender=app),
+        signals.request_rejected.connected_to(rejected, sender=app),
+    ):
+        running = spawn(app, "/slow")
+        gate.wait_inside()
+        ordinary = spawn(app, "/slow", {"Accept": "application/json"})
+        queued.wait()
+        important = spawn(app, "/slow" + query, headers)
+        rejected.wait()
+    assert rejected.reasons == ["shed"]
+    assert ordinary.join().status == 503
+    assert json.loads(ordinary.body)["reason"] == "shed"
+    assert "Retry-After" in ordinary.headers
+
+    gate.open()
+    assert running.join().status == 200
+    assert important.join().status == 200
+    assert json.loads(important.body)["priority"] == 0
+    assert lane_stats(app)["rejected"]["shed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("environ", "priority"),
+    [
+        ({}, 1),
+        ({"HTTP_X_PRIORITY": "high"}, 0),
+        ({"HTTP_X_PRIORITY": " HIGH "}, 0),
+        ({"HTTP_X_PRIORITY": "low"}, 2),
+        ({"HTTP_X_PRIORITY": "urgent!!"}, 1),
+        ({"QUERY_STRING": "a=1&priority=high"}, 0),
+        ({"QUERY_STRING": "priority=low"}, 2),
+        ({"QUERY_STRING": "priority"}, 1),
+        ({"HTTP_X_PRIORITY": "normal", "QUERY_STRING": "priority=high"}, 1),
+    ],
+)
+def test_classify(environ: dict[str, str], priority: int) -> None:
+    assert classify(environ) == priority
+
+
+# -- bursts ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"target": "nowhere", "size": 5}, 400),
+        ({"target": "slow", "size": 0}, 400),
+        ({"target": "slow", "size": 51}, 400),
+        ({"target": "slow", "size": True}, 400),
+        ({"target": "slow", "size": "5"}, 400),
+        ({"target": "slow", "size": 5, "important": "yes"}, 400),
+        (["slow", 5], 400),
+    ],
+)
+def test_a_burst_needs_a_known_target_and_a_size(body: object, status: int) -> None:
+    with create_app().test_client().post("/api/bursts", json=body) as response:
+        assert response.status_code == status
+        assert "error" in response.get_json()
+
+
+def test_a_burst_must_be_posted_as_json() -> None:
+    client = create_app().test_client()
+    with client.post("/api/bursts", data={"target": "slow", "size": "5"}) as response:
+        assert response.status_code == 415
+    with client.get("/api/bursts") as response:
+        assert response.get_json() == {"bursts": []}
+
+
+@contextmanager
+def live_server(app: Flask) -> Iterator[str]:
+    """Serve ``app`` with waitress on a free loopback port in a thread; stop it and all its threads after."""
+    server = create_server(app, host="127.0.0.1", port=0, threads=8)
+    assert isinstance(server, BaseWSGIServer)
+    thread = threading.Thread(target=server.run, name="waitress loop")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        # waitress has no public stop: close every socket from its own loop thread, which then returns.
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(TIMEOUT)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive()
+
+
+def test_a_burst_through_a_live_server_tallies_200s_and_503s(gate: Gate) -> None:
+    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+    queued, rejected = Tally(), Tally()
+    with (
+        live_server(app) as url,
+        signals.request_queued.connected_to(queued, sender=app),
+        signals.request_rejected.connected_to(rejected, sender=app),
+    ):
+        app.config[SELF_URL_KEY] = url
+        client = app.test_client()
+        with client.post("/api/bursts", json={"target": "slow", "size": 4}) as response:
+            assert response.status_code == 202
+            burst_id = response.get_json()["id"]
+        (burst,) = [b for b in bursts_of(app)._recent if b.id == burst_id]
+        try:
+            # Whatever order they arrive in: one runs, one waits, two find the line full.
+            gate.wait_inside()
+            queued.wait()
+            rejected.wait(2)
+            with client.get("/api/bursts") as response:
+                (shown,) = response.get_json()["bursts"]
+            # The rejected two may not have read their answers yet; the other two cannot have one.
+            assert shown["done"] is False
+            assert shown["answered"] <= 2
+        finally:
+            gate.open()
+            assert burst.join(TIMEOUT)
+    with client.get("/api/bursts") as response:
+        (shown,) = response.get_json()["bursts"]
+    assert shown["done"] is True
+    assert (shown["size"], shown["answered"], shown["ok"], shown["errors"]) == (
+        4,
+        4,
+        2,
+        0,
+    )
+    (full,) = shown["rejected"]
+    assert (full["status"], full["reason"], full["count"]) == (503, "full", 2)
+    assert full["retry_after_min"] >= 1
+
+
+def test_the_demo_says_so_when_its_port_is_taken(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port)]) == 1
+    assert "PORT=5001 make demo" in capsys.readouterr().err
