@@ -925,3 +925,25 @@ def test_slots_never_leak_whatever_the_app_or_the_client_does(
     assert stats["running"] == 0
     assert stats["admitted"] == admitted
     assert stats["admitted"] + stats["rejected"]["full"] == len(steps)
+
+
+@pytest.mark.parametrize("signal", [signals.request_queued, signals.request_admitted, signals.request_rejected])
+def test_a_raising_signal_receiver_neither_leaks_a_slot_nor_fails_the_request(
+    signal: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=0.05)
+
+    def broken(sender: object, **extra: Any) -> None:
+        raise RuntimeError("receiver failed")
+
+    with caplog.at_level(logging.ERROR, logger="flask_queue.admission"), signal.connected_to(broken):
+        held = Call(middleware)
+        waited = Call(middleware)  # queued, then times out: the slot is held
+        held.close()
+        after = Call(middleware)
+        codes = (held.code, waited.code, after.code)
+        after.close()
+    assert codes == (200, 503, 200)
+    stats = stats_of(middleware)
+    assert (stats["running"], stats["waiting"]) == (0, 0)
+    assert any("receiver" in record.getMessage() for record in caplog.records)

@@ -41,6 +41,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+from blinker import NamedSignal
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
@@ -241,24 +242,15 @@ class RequestQueueMiddleware:
         ticket = lane.arrive(priority, upstream)
         if ticket.state == WAITING:
             if signals.request_queued.receivers:
-                signals.request_queued.send(
-                    self.signal_sender,
-                    lane=lane.name,
-                    priority=priority,
-                    environ=environ,
-                )
+                self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
             lane.wait(ticket)
             if ticket.state != REJECTED and _client_gone(environ):
                 lane.withdraw(ticket, "disconnected")
         if ticket.state == REJECTED:
             return self._reject(environ, start_response, lane, ticket)
         if signals.request_admitted.receivers:
-            signals.request_admitted.send(
-                self.signal_sender,
-                lane=lane.name,
-                wait=ticket.admitted_at - ticket.arrived,
-                environ=environ,
-            )
+            wait = ticket.admitted_at - ticket.arrived
+            self._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
 
         try:
             iterable = self.app(environ, start_response)
@@ -276,18 +268,22 @@ class RequestQueueMiddleware:
                 return None
             return self.lanes[DEFAULT_LANE if name is None else name]  # type: ignore[index]
         except Exception:
-            self._callback_failed("select_lane", "the default lane")
+            self._callback_failed("select_lane", "requests it fails on go to the default lane")
             return self.lanes[DEFAULT_LANE]
 
-    def _callback_failed(self, callback: str, fallback: str) -> None:
+    def _send(self, signal: NamedSignal, **extra: Any) -> None:
+        # A receiver runs between a request's admission and its release: one that raises must not leave a
+        # ticket in line or a slot taken, nor fail the request. It is logged (once per signal) instead.
+        try:
+            signal.send(self.signal_sender, **extra)
+        except Exception:
+            self._callback_failed(f"a receiver of {signal.name}", "requests go on as if it had not")
+
+    def _callback_failed(self, callback: str, consequence: str) -> None:
         # A broken callback must not turn requests into 500s, nor flood the log under load: log it once.
         if callback not in self._failed_callbacks:
             self._failed_callbacks.add(callback)
-            log.exception(
-                "%s failed; requests it fails on go to %s (logged once)",
-                callback,
-                fallback,
-            )
+            log.exception("%s failed (logged once; %s)", callback, consequence)
 
     def _priority(self, environ: WSGIEnvironment) -> int:
         assert self.classify is not None
@@ -296,7 +292,7 @@ class RequestQueueMiddleware:
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise TypeError(f"classify must return an int, got {priority!r}")
         except Exception:
-            self._callback_failed("classify", "the default class 0")
+            self._callback_failed("classify", "requests it fails on go to the default class 0")
             return 0
         return priority
 
@@ -319,8 +315,8 @@ class RequestQueueMiddleware:
             retry_after,
         )
         if signals.request_rejected.receivers:
-            signals.request_rejected.send(
-                self.signal_sender,
+            self._send(
+                signals.request_rejected,
                 lane=lane.name,
                 reason=reason,
                 retry_after=retry_after,

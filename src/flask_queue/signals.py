@@ -9,8 +9,9 @@ Connect a receiver as with Flask's own signals::
         log.warning("shed %s from lane %s: %s", environ["PATH_INFO"], lane, reason)
 
 The sender is the Flask application when the queue was set up with the Flask extension, otherwise the
-``RequestQueueMiddleware`` instance. Receivers run in the thread that handles the request; a receiver that
-raises propagates into that request, so keep them small and safe.
+``RequestQueueMiddleware`` instance. Receivers run in the thread that handles the request, so keep them
+small. A request-queue receiver that raises is logged (once per signal) and does not affect the request:
+admission control must not break because a metrics hook did.
 """
 
 from __future__ import annotations
