@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -717,6 +718,64 @@ def test_blueprint_views_can_be_limited(app: Flask) -> None:
     held.close()
 
 
+def test_endpoints_and_blueprints_can_be_limited_or_exempted_without_decorating_views(app: Flask) -> None:
+    app.static_folder = str(Path(__file__).parent)  # serve this folder as Flask's own static files
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+    queue.lane("api", concurrency=1, max_queue_size=0)
+    api = Blueprint("api", __name__, url_prefix="/api")
+    admin = Blueprint("admin", __name__, url_prefix="/admin")
+    api.register_blueprint(admin)
+
+    @api.get("/items")
+    def items() -> str:
+        return "items"
+
+    @admin.get("/users")
+    def users() -> str:
+        return "users"
+
+    @api.get("/ping")
+    @queue.exempt
+    def ping() -> str:
+        return "pong"
+
+    @app.get("/")
+    def index() -> str:
+        return "index"
+
+    assert queue.limit("api")(api) is api
+    assert queue.exempt("static") == "static"
+    app.register_blueprint(api)
+
+    held_default, held_api = _hold(app, "/"), _hold(app, "/api/items")
+    assert Call(app.wsgi_app, "/api/admin/users").code == 503  # nested blueprint: the api lane, busy
+    for path in ("/static/conftest.py", "/api/ping"):  # exempt by endpoint name, and the view's own mark
+        call = _hold(app, path)
+        call.close()
+    lanes = queue.stats(app)["lanes"]
+    assert (lanes["default"]["admitted"], lanes["api"]["admitted"]) == (1, 1)
+    held_default.close()
+    held_api.close()
+
+
+def test_a_mark_made_after_requests_were_served_takes_effect(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+    app.add_url_rule("/", "index", lambda: "index")
+    app.add_url_rule("/other", "other", lambda: "other")
+    queue.exempt("other")  # routing is on; "/" is now cached as the default lane
+    _hold(app, "/").close()
+    held = _hold(app, "/")
+    queue.exempt("index")
+    _hold(app, "/").close()  # exempt now, although the lane is full
+    held.close()
+
+
+def test_marking_something_that_is_not_a_view_raises(app: Flask) -> None:
+    queue = RequestQueue(app)
+    with pytest.raises(TypeError, match="view function, an endpoint name or a Blueprint"):
+        queue.exempt(42)
+
+
 def test_exempt_views_pass_while_the_lane_is_full_and_are_not_counted(
     app: Flask,
 ) -> None:
@@ -927,7 +986,9 @@ def test_slots_never_leak_whatever_the_app_or_the_client_does(
     assert stats["admitted"] + stats["rejected"]["full"] == len(steps)
 
 
-@pytest.mark.parametrize("signal", [signals.request_queued, signals.request_admitted, signals.request_rejected])
+@pytest.mark.parametrize(
+    "signal", [signals.request_queued, signals.request_admitted, signals.request_rejected]
+)
 def test_a_raising_signal_receiver_neither_leaks_a_slot_nor_fails_the_request(
     signal: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

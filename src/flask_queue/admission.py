@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from blinker import NamedSignal
+from flask import Blueprint
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
@@ -89,7 +90,7 @@ Classifier = Callable[[WSGIEnvironment], int]
 #: ``reject_response(environ, reason, retry_after)`` returns the WSGI application that answers a rejection.
 RejectResponse = Callable[[WSGIEnvironment, str, int], WSGIApplication]
 
-F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")  # what @limit and @exempt mark: a view function, an endpoint name or a Blueprint
 
 _DEFAULTS: Final[dict[str, Any]] = {
     "concurrency": 4,
@@ -400,7 +401,9 @@ class RequestQueue:
         _check_status(status)
         self._lanes: dict[str, dict[str, Any]] = {}
         self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
-        self._marked = False  # whether any view was given a lane or made exempt
+        self._marks = 0  # how many times a view, endpoint or blueprint was given a lane or made exempt
+        self._endpoint_lanes: dict[str, str | _Exempt] = {}
+        self._blueprint_lanes: dict[str, str | _Exempt] = {}
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()  # set up by init_app; never kept alive here
         if app is not None:
             self.init_app(app)
@@ -471,8 +474,12 @@ class RequestQueue:
         for app in self._apps:
             self.middleware(app).add_lane(name, **limits)
 
-    def limit(self, lane: str) -> Callable[[F], F]:
-        """Decorate a view so its requests are admitted through ``lane``.
+    def limit(self, lane: str) -> Callable[[T], T]:
+        """Admit the requests of a view through ``lane``: a decorator, also for an endpoint or a blueprint.
+
+        ``@queue.limit("reports")`` on a view (above or below the route decorator);
+        ``queue.limit("reports")("export_csv")`` for an endpoint by name; ``queue.limit("api")(bp)`` for every
+        view of a blueprint (and of the blueprints nested in it). A view's own mark wins over its blueprint's.
 
         :raises ConfigurationError: (a ``ValueError``) when ``lane`` was not defined with ``lane()``.
         """
@@ -481,19 +488,27 @@ class RequestQueue:
             raise ConfigurationError(
                 f"unknown lane {lane!r}: define it with queue.lane({lane!r}, ...) before @limit (lanes: {known})"
             )
+        return lambda target: self._mark(target, lane)
 
-        def decorate(view: F) -> F:
-            setattr(view, _LANE_ATTR, lane)
-            self._marked = True
-            return view
+    def exempt(self, target: T) -> T:
+        """Never queue nor reject the requests of a view, an endpoint or a blueprint (health checks, metrics).
 
-        return decorate
+        ``@queue.exempt`` on a view; ``queue.exempt("static")`` for an endpoint by name, such as Flask's own
+        static files; ``queue.exempt(bp)`` for every view of a blueprint.
+        """
+        return self._mark(target, EXEMPT)
 
-    def exempt(self, view: F) -> F:
-        """Decorate a view whose requests are never queued nor rejected (health checks, metrics)."""
-        setattr(view, _LANE_ATTR, EXEMPT)
-        self._marked = True
-        return view
+    def _mark(self, target: T, lane: str | _Exempt) -> T:
+        if isinstance(target, str):
+            self._endpoint_lanes[target] = lane
+        elif isinstance(target, Blueprint):
+            self._blueprint_lanes[target.name] = lane
+        elif callable(target):
+            setattr(target, _LANE_ATTR, lane)
+        else:
+            raise TypeError(f"expected a view function, an endpoint name or a Blueprint, got {target!r}")
+        self._marks += 1
+        return target
 
     def classify(self, func: Classifier) -> Classifier:
         """Decorate ``func(environ) -> int``, the priority class of each request (lower is served first).
@@ -539,13 +554,31 @@ class RequestQueue:
             ) from None
         return middleware
 
+    def _endpoint_lane(self, app: Flask, endpoint: str | None) -> str | _Exempt | None:
+        """The lane marked for an endpoint: by name, on its view, or on its innermost marked blueprint."""
+        if endpoint is None:
+            return None
+        if endpoint in self._endpoint_lanes:
+            return self._endpoint_lanes[endpoint]
+        lane: str | _Exempt | None = getattr(app.view_functions.get(endpoint), _LANE_ATTR, None)
+        blueprint = endpoint.rpartition(".")[0]
+        while lane is None and blueprint:
+            lane = self._blueprint_lanes.get(blueprint)
+            blueprint = blueprint.rpartition(".")[0]
+        return lane
+
     def _lane_selector(self, app: Flask) -> LaneSelector:
         """Map a request to its view's lane through the app's URL map, caching by method, host and path."""
         cache: dict[tuple[str, str, str, str], str | _Exempt | None] = {}
+        cached_marks = 0
 
         def select(environ: WSGIEnvironment) -> str | _Exempt | None:
-            if not self._marked:
+            nonlocal cached_marks
+            if not self._marks:
                 return None
+            if cached_marks != self._marks:  # a view was marked since: what is cached may be stale
+                cache.clear()
+                cached_marks = self._marks
             key = (
                 environ.get("REQUEST_METHOD", ""),
                 environ.get("HTTP_HOST", ""),
@@ -556,7 +589,7 @@ class RequestQueue:
                 return cache[key]
             except KeyError:
                 pass
-            lane = _route_lane(app, environ)
+            lane = self._endpoint_lane(app, _route_endpoint(app, environ))
             if len(cache) >= _ROUTE_CACHE_SIZE:
                 cache.clear()
             cache[key] = lane
@@ -603,8 +636,8 @@ def _client_gone(environ: WSGIEnvironment) -> bool:
         return False
 
 
-def _route_lane(app: Flask, environ: WSGIEnvironment) -> str | _Exempt | None:
-    """The lane named on the view ``environ`` routes to, as Flask would route it; ``None`` if none."""
+def _route_endpoint(app: Flask, environ: WSGIEnvironment) -> str | None:
+    """The endpoint ``environ`` routes to, as Flask would route it; ``None`` when it routes nowhere."""
     # Bind the way Flask.create_url_adapter does, so host and subdomain matching agree with Flask's.
     server_name = app.config["SERVER_NAME"]
     subdomain = None
@@ -618,12 +651,6 @@ def _route_lane(app: Flask, environ: WSGIEnvironment) -> str | _Exempt | None:
     except HTTPException:  # 404, 405, redirects: Flask answers them; the default lane admits them
         return None
     except Exception:  # a malformed request must not become a 500 here; Flask will judge it
-        log.debug(
-            "could not route %r for lane selection",
-            environ.get("PATH_INFO"),
-            exc_info=True,
-        )
+        log.debug("could not route %r for lane selection", environ.get("PATH_INFO"), exc_info=True)
         return None
-    view = app.view_functions.get(endpoint)
-    lane: str | _Exempt | None = getattr(view, _LANE_ATTR, None)
-    return lane
+    return str(endpoint)

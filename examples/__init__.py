@@ -1,0 +1,1 @@
+"""Runnable examples of Flask-Queue; ``make demo`` serves ``examples.demo``."""

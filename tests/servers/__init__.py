@@ -1,0 +1,1 @@
+"""Tests of the request queue under real servers (gunicorn, waitress) running in subprocesses."""
