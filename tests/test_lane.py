@@ -489,3 +489,16 @@ class LaneMachine(RuleBasedStateMachine):
 
 LaneMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 test_lane_state_machine = LaneMachine.TestCase
+
+
+def test_wait_percentiles_count_only_time_in_line_and_upstream_time_is_reported_apart() -> None:
+    clock = FakeClock()
+    lane = Lane("t", concurrency=1, max_queue_size=1, queue_timeout=60.0, clock=clock)
+    first = lane.arrive(upstream=2.0)  # admitted at once after 2 s upstream
+    second = lane.arrive(upstream=3.0)  # waits in line
+    clock.now += 0.5
+    lane.release(first)
+    assert second.state == ADMITTED
+    stats = lane.stats()
+    assert stats["wait_ms"] == {"p50": 0.0, "p95": 500.0, "p99": 500.0}
+    assert stats["upstream_ms"] == {"p50": 2000.0, "p95": 3000.0, "p99": 3000.0}

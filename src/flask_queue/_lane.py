@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .exceptions import ConfigurationError
@@ -33,23 +33,21 @@ _RETRY_AFTER_MAX = 300
 
 
 class Ticket:
-    """A request's place in a lane. ``reason`` is set when the request was rejected."""
+    """A request's place in a lane. ``reason`` is set when the request was rejected.
 
-    __slots__ = (
-        "_wakeup",
-        "admitted_at",
-        "arrived",
-        "priority",
-        "reason",
-        "seq",
-        "state",
-    )
+    ``arrived`` is when it reached the lane (the lane's clock), ``started`` when it started upstream: the
+    same, less the time it spent before the app saw it (``X-Request-Start``). Deadlines count from
+    ``started``; the time in line counts from ``arrived``.
+    """
 
-    def __init__(self, priority: int, seq: int, arrived: float) -> None:
+    __slots__ = ("_wakeup", "admitted_at", "arrived", "priority", "reason", "seq", "started", "state")
+
+    def __init__(self, priority: int, seq: int, arrived: float, upstream: float) -> None:
         self.priority = priority
         self.seq = seq
         self.arrived = arrived
-        self.admitted_at = 0.0
+        self.started = arrived - upstream
+        self.admitted_at = arrived
         self.state = WAITING
         self.reason: str | None = None
         self._wakeup: threading.Lock | None = None
@@ -63,32 +61,21 @@ class Ticket:
         return f"<Ticket #{self.seq} class={self.priority} {state}{' ' + self.reason if self.reason else ''}>"
 
 
-class _Window:
-    """The most recent samples of a duration, for percentiles. Callers hold the lane's lock."""
+def _window() -> deque[float]:
+    """The most recent samples of a duration, for percentiles (appending runs in C, off the hot path's cost)."""
+    return deque(maxlen=_WINDOW)
 
-    __slots__ = ("_index", "_samples")
 
-    def __init__(self) -> None:
-        self._samples: list[float] = []
-        self._index = 0
-
-    def add(self, value: float) -> None:
-        if len(self._samples) < _WINDOW:
-            self._samples.append(value)
-        else:
-            self._samples[self._index] = value
-            self._index = (self._index + 1) % _WINDOW
-
-    def percentiles_ms(self) -> dict[str, float | None]:
-        """Nearest-rank p50/p95/p99 in milliseconds; ``None`` when there is no sample yet."""
-        ordered = sorted(self._samples)
-        if not ordered:
-            return {"p50": None, "p95": None, "p99": None}
-        last = len(ordered) - 1
-        return {
-            name: round(ordered[min(last, math.ceil(q * len(ordered)) - 1)] * 1000.0, 3)
-            for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
-        }
+def _percentiles_ms(samples: Iterable[float]) -> dict[str, float | None]:
+    """Nearest-rank p50/p95/p99 in milliseconds; ``None`` when there is no sample yet."""
+    ordered = sorted(samples)
+    if not ordered:
+        return {"p50": None, "p95": None, "p99": None}
+    last = len(ordered) - 1
+    return {
+        name: round(ordered[min(last, math.ceil(q * len(ordered)) - 1)] * 1000.0, 3)
+        for name, q in (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+    }
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -147,9 +134,9 @@ class Lane:
         self._seq = 0
         self._admitted = 0
         self._rejected = dict.fromkeys(REASONS, 0)
-        self._wait = _Window()
-        self._service = _Window()
-        self._upstream = _Window()
+        self._wait = _window()
+        self._service = _window()
+        self._upstream = _window()
         self._service_ewma: float | None = None
 
     def __repr__(self) -> str:
@@ -177,13 +164,17 @@ class Lane:
         now = self._clock()
         with self._lock:
             self._seq += 1
-            ticket = Ticket(priority, self._seq, now - upstream)
+            ticket = Ticket(priority, self._seq, now, upstream)
             if upstream:
-                self._upstream.add(upstream)
+                self._upstream.append(upstream)
             if self.max_age is not None and upstream >= self.max_age:
                 self._reject_locked(ticket, "too_old")
-            elif self._running < self.concurrency:
-                self._admit_locked(ticket, now)
+            elif self._running < self.concurrency:  # the common case, inlined: a free slot
+                ticket.state = ADMITTED
+                ticket.admitted_at = now
+                self._running += 1
+                self._admitted += 1
+                self._wait.append(0.0)
             elif upstream >= self.queue_timeout:
                 self._reject_locked(ticket, "timeout")
             elif self._n_waiting < self.max_queue_size:
@@ -205,6 +196,8 @@ class Lane:
         Releasing a ticket that is not ADMITTED (released before, rejected, still waiting) does nothing, so
         a slot is released exactly once whatever calls this.
         """
+        if ticket.state != ADMITTED:  # cheap early out; checked again under the lock
+            return None
         now = self._clock()
         with self._lock:
             if ticket.state != ADMITTED:
@@ -212,9 +205,11 @@ class Lane:
             ticket.state = DONE
             self._running -= 1
             service = now - ticket.admitted_at
-            self._service.add(service)
+            self._service.append(service)
             ewma = self._service_ewma
             self._service_ewma = service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
+            if not self._n_waiting:
+                return None
             nxt = self._hand_over_locked(now)
         if nxt is not None:
             nxt._wake()
@@ -262,8 +257,8 @@ class Lane:
 
     def wait(self, ticket: Ticket) -> None:
         """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such)."""
-        timeout_at = ticket.arrived + self.queue_timeout
-        age_at = math.inf if self.max_age is None else ticket.arrived + self.max_age
+        timeout_at = ticket.started + self.queue_timeout
+        age_at = math.inf if self.max_age is None else ticket.started + self.max_age
         deadline, reason = (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
         wakeup = ticket._wakeup
         assert wakeup is not None, "a WAITING ticket always has its wake-up lock"
@@ -290,9 +285,9 @@ class Lane:
                 "waiting": self._n_waiting,
                 "admitted": self._admitted,
                 "rejected": dict(self._rejected),
-                "wait_ms": self._wait.percentiles_ms(),
-                "service_ms": self._service.percentiles_ms(),
-                "upstream_ms": self._upstream.percentiles_ms(),
+                "wait_ms": _percentiles_ms(self._wait),
+                "service_ms": _percentiles_ms(self._service),
+                "upstream_ms": _percentiles_ms(self._upstream),
                 "limits": {
                     "concurrency": self.concurrency,
                     "max_queue_size": self.max_queue_size,
@@ -308,7 +303,7 @@ class Lane:
         ticket.admitted_at = now
         self._running += 1
         self._admitted += 1
-        self._wait.add(now - ticket.arrived)
+        self._wait.append(now - ticket.arrived)
 
     def _hand_over_locked(self, now: float) -> Ticket | None:
         """Admit the best waiter into a slot just freed; the caller wakes it once the lock is released."""

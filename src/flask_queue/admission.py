@@ -48,7 +48,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
 
 from . import signals
-from ._lane import REJECTED, WAITING, Lane, Ticket
+from ._lane import ADMITTED, REJECTED, WAITING, Lane, Ticket
 from ._request_start import upstream_wait
 from ._types import StartResponse, WSGIApplication, WSGIEnvironment
 from .exceptions import ConfigurationError
@@ -131,7 +131,8 @@ class _Release:
     def __del__(self) -> None:
         # PEP 3333 servers call close(); Werkzeug's test client leaves it to the caller, and a buggy server
         # may forget. Dropping the response must not leak the slot. Release is a no-op once done.
-        self._lane.release(self._ticket)
+        if self._ticket.state == ADMITTED:
+            self._lane.release(self._ticket)
 
 
 class RequestQueueMiddleware:
