@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import socket
 import threading
@@ -22,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
+from _wsgi import Call, hello, hold, stats_of
 from flask_queue import (
     EXEMPT,
     ConfigurationError,
@@ -30,52 +30,6 @@ from flask_queue import (
     signals,
 )
 from flask_queue._types import StartResponse, WSGIApplication, WSGIEnvironment
-
-
-class Call:
-    """One request through a WSGI app, its response held open until ``close``."""
-
-    def __init__(self, app: WSGIApplication, path: str = "/", **builder: Any) -> None:
-        self.status = ""
-        self.headers: dict[str, str] = {}
-        self._chunks: list[bytes] = []
-        self.environ = EnvironBuilder(path=path, **builder).get_environ()
-        self.iterable = app(self.environ, self._start_response)
-
-    def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        self.status = status
-        self.headers = dict(headers)
-        return self._chunks.append
-
-    @property
-    def code(self) -> int:
-        self.body  # a generator app calls start_response on its first iteration  # noqa: B018
-        return int(self.status.split()[0])
-
-    @property
-    def body(self) -> bytes:
-        if not hasattr(self, "_body"):
-            self._body = b"".join([*self._chunks, *self.iterable])
-        return self._body
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def close(self) -> None:
-        close = getattr(self.iterable, "close", None)
-        if close is not None:
-            close()
-
-
-def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
-
-
-def stats_of(middleware: RequestQueueMiddleware, lane: str = "default") -> dict[str, Any]:
-    lane_stats: dict[str, Any] = middleware.stats()["lanes"][lane]
-    return lane_stats
-
 
 # -- RequestQueueMiddleware ----------------------------------------------------------------------------
 
@@ -662,13 +616,6 @@ def test_a_lane_defined_after_init_app_applies_to_the_app(app: Flask) -> None:
     assert "late" in queue.stats(app)["lanes"]
 
 
-def _hold(app: Flask, path: str) -> Call:
-    """Start a request through the app's whole WSGI stack and keep its response open."""
-    call = Call(app.wsgi_app, path)
-    assert call.code == 200, call.body
-    return call
-
-
 def test_limit_routes_a_view_through_its_lane_in_either_decorator_order(
     app: Flask,
 ) -> None:
@@ -689,9 +636,9 @@ def test_limit_routes_a_view_through_its_lane_in_either_decorator_order(
     def index() -> str:
         return "index"
 
-    held = _hold(app, "/report")
+    held = hold(app, "/report")
     assert Call(app.wsgi_app, "/export").code == 503  # same lane, busy
-    index_call = _hold(app, "/")  # default lane is free
+    index_call = hold(app, "/")  # default lane is free
     lanes = queue.stats(app)["lanes"]
     assert (lanes["reports"]["admitted"], lanes["reports"]["rejected"]["full"]) == (
         1,
@@ -713,7 +660,7 @@ def test_blueprint_views_can_be_limited(app: Flask) -> None:
         return str(item)
 
     app.register_blueprint(bp)
-    held = _hold(app, "/api/items/1")
+    held = hold(app, "/api/items/1")
     assert Call(app.wsgi_app, "/api/items/2").code == 503
     held.close()
 
@@ -747,10 +694,10 @@ def test_endpoints_and_blueprints_can_be_limited_or_exempted_without_decorating_
     assert queue.exempt("static") == "static"
     app.register_blueprint(api)
 
-    held_default, held_api = _hold(app, "/"), _hold(app, "/api/items")
+    held_default, held_api = hold(app, "/"), hold(app, "/api/items")
     assert Call(app.wsgi_app, "/api/admin/users").code == 503  # nested blueprint: the api lane, busy
     for path in ("/static/conftest.py", "/api/ping"):  # exempt by endpoint name, and the view's own mark
-        call = _hold(app, path)
+        call = hold(app, path)
         call.close()
     lanes = queue.stats(app)["lanes"]
     assert (lanes["default"]["admitted"], lanes["api"]["admitted"]) == (1, 1)
@@ -763,10 +710,10 @@ def test_a_mark_made_after_requests_were_served_takes_effect(app: Flask) -> None
     app.add_url_rule("/", "index", lambda: "index")
     app.add_url_rule("/other", "other", lambda: "other")
     queue.exempt("other")  # routing is on; "/" is now cached as the default lane
-    _hold(app, "/").close()
-    held = _hold(app, "/")
+    hold(app, "/").close()
+    held = hold(app, "/")
     queue.exempt("index")
-    _hold(app, "/").close()  # exempt now, although the lane is full
+    hold(app, "/").close()  # exempt now, although the lane is full
     held.close()
 
 
@@ -790,9 +737,9 @@ def test_exempt_views_pass_while_the_lane_is_full_and_are_not_counted(
     def health() -> str:
         return "ok"
 
-    held = _hold(app, "/")
+    held = hold(app, "/")
     assert Call(app.wsgi_app, "/").code == 503
-    health_call = _hold(app, "/health")
+    health_call = hold(app, "/health")
     health_call.close()
     assert queue.stats(app)["lanes"]["default"]["admitted"] == 1
     held.close()
@@ -827,7 +774,7 @@ def test_the_reject_response_hook_runs_in_a_request_context(app: Flask) -> None:
     def busy(reason: str, retry_after: int) -> Any:
         return jsonify(path=request.path, reason=reason), 503
 
-    held = _hold(app, "/")
+    held = hold(app, "/")
     rejected = Call(app.wsgi_app, "/?x=1")
     assert rejected.code == 503
     assert rejected.json() == {"path": "/", "reason": "full"}
@@ -848,7 +795,7 @@ def test_classify_set_after_init_app_applies(app: Flask) -> None:
     def index() -> str:
         return "index"
 
-    _hold(app, "/").close()
+    hold(app, "/").close()
     assert calls == ["/"]
 
 
@@ -863,7 +810,7 @@ def test_signals_are_sent_with_the_app_as_sender(app: Flask) -> None:
     with signals.request_rejected.connected_to(
         lambda sender, reason, **extra: reasons.append(reason), sender=app
     ):
-        held = _hold(app, "/")
+        held = hold(app, "/")
         Call(app.wsgi_app, "/")
         held.close()
     assert reasons == ["full"]
@@ -877,8 +824,8 @@ def test_one_extension_serves_several_apps_with_separate_queues() -> None:
     for each in apps:
         queue.init_app(each)
         each.add_url_rule("/", "index", lambda: "index")
-    held = _hold(apps[0], "/")
-    second = _hold(apps[1], "/")  # the other app's default lane is its own
+    held = hold(apps[0], "/")
+    second = hold(apps[1], "/")  # the other app's default lane is its own
     assert Call(apps[0].wsgi_app, "/").code == 503
     held.close()
     second.close()

@@ -138,6 +138,7 @@ class Lane:
         self._service = _window()
         self._upstream = _window()
         self._service_ewma: float | None = None
+        self._finalized: deque[Ticket] = deque()  # released by finalisers, awaiting the lock
 
     def __repr__(self) -> str:
         return f"<Lane {self.name!r} running={self._running}/{self.concurrency} waiting={self._n_waiting}/{self.max_queue_size}>"
@@ -162,7 +163,10 @@ class Lane:
         waiter (the newest of the highest class), which is rejected ``shed``.
         """
         now = self._clock()
+        woken: list[Ticket] = []
         with self._lock:
+            if self._finalized:
+                woken = self._drain_finalized_locked(now)
             self._seq += 1
             ticket = Ticket(priority, self._seq, now, upstream)
             if upstream:
@@ -184,11 +188,13 @@ class Lane:
                 if victim is not None and victim.priority > priority:
                     self._remove_locked(victim)
                     self._reject_locked(victim, "shed")
-                    victim._wake()
+                    woken.append(victim)
                     self._enqueue_locked(ticket)
                 else:
                     self._reject_locked(ticket, "full")
-            return ticket
+        for other in woken:
+            other._wake()
+        return ticket
 
     def release(self, ticket: Ticket) -> Ticket | None:
         """Free an admitted ticket's slot and hand it to the best waiter, which is returned (already woken).
@@ -200,20 +206,31 @@ class Lane:
             return None
         now = self._clock()
         with self._lock:
-            if ticket.state != ADMITTED:
-                return None
-            ticket.state = DONE
-            self._running -= 1
-            service = now - ticket.admitted_at
-            self._service.append(service)
-            ewma = self._service_ewma
-            self._service_ewma = service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
-            if not self._n_waiting:
-                return None
-            nxt = self._hand_over_locked(now)
+            woken = self._drain_finalized_locked(now) if self._finalized else []
+            nxt = self._release_locked(ticket, now)
         if nxt is not None:
-            nxt._wake()
+            woken.append(nxt)
+        for other in woken:
+            other._wake()
         return nxt
+
+    def release_from_finalizer(self, ticket: Ticket) -> None:
+        """``release`` for ``__del__`` and weakref callbacks: never blocks, so it cannot deadlock.
+
+        The cyclic garbage collector may run a finaliser in a thread that holds this lane's lock (any
+        allocation can trigger a collection). So the ticket is queued, and released by whichever thread
+        next holds the lock: this one if the lock is free now, else the next ``arrive`` or ``release``.
+        """
+        if ticket.state != ADMITTED:
+            return
+        self._finalized.append(ticket)  # deque.append is atomic
+        if self._lock.acquire(blocking=False):
+            try:
+                woken = self._drain_finalized_locked(self._clock())
+            finally:
+                self._lock.release()
+            for other in woken:
+                other._wake()
 
     def withdraw(self, ticket: Ticket, reason: str) -> bool:
         """Turn an ADMITTED ticket that has not run into a rejection (its client left while it waited).
@@ -242,6 +259,20 @@ class Lane:
             self._reject_locked(ticket, reason)
             return True
 
+    def cancel(self, ticket: Ticket) -> None:
+        """Give a ticket up, whatever its state, because its request failed with an exception.
+
+        A waiting ticket leaves the line (counted nowhere: the exception reports it), an admitted one frees
+        its slot; a rejected or released one is left as it is.
+        """
+        with self._lock:
+            if ticket.state == WAITING:
+                self._remove_locked(ticket)
+                ticket.state = REJECTED
+                ticket.reason = "cancelled"
+                return
+        self.release(ticket)
+
     # -- blocking -----------------------------------------------------------------------------------------
 
     def acquire(self, priority: int = 0, upstream: float = 0.0) -> Ticket:
@@ -252,17 +283,25 @@ class Lane:
         """
         ticket = self.arrive(priority, upstream)
         if ticket.state == WAITING:
-            self.wait(ticket)
+            try:
+                self.wait(ticket)
+            except BaseException:
+                self.cancel(ticket)
+                raise
         return ticket
 
     def wait(self, ticket: Ticket) -> None:
-        """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such)."""
+        """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such).
+
+        A caller interrupted here (``KeyboardInterrupt``, a signal handler raising) must ``cancel`` the
+        ticket, or it stays in line and is handed a slot nobody releases.
+        """
         timeout_at = ticket.started + self.queue_timeout
         age_at = math.inf if self.max_age is None else ticket.started + self.max_age
         deadline, reason = (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
         wakeup = ticket._wakeup
         assert wakeup is not None, "a WAITING ticket always has its wake-up lock"
-        remaining = deadline - self._clock()
+        remaining = min(deadline - self._clock(), threading.TIMEOUT_MAX)
         if remaining > 0 and wakeup.acquire(timeout=remaining):
             return
         if not self.abandon(ticket, reason):
@@ -280,21 +319,29 @@ class Lane:
     def stats(self) -> dict[str, Any]:
         """The lane's figures as plain data (see ``RequestQueueMiddleware.stats``)."""
         with self._lock:
-            return {
+            woken = self._drain_finalized_locked(self._clock()) if self._finalized else []
+            counts = {
                 "running": self._running,
                 "waiting": self._n_waiting,
                 "admitted": self._admitted,
                 "rejected": dict(self._rejected),
-                "wait_ms": _percentiles_ms(self._wait),
-                "service_ms": _percentiles_ms(self._service),
-                "upstream_ms": _percentiles_ms(self._upstream),
-                "limits": {
-                    "concurrency": self.concurrency,
-                    "max_queue_size": self.max_queue_size,
-                    "queue_timeout": self.queue_timeout,
-                    "max_age": self.max_age,
-                },
             }
+            # Copy under the lock (in C, fast); sort outside it, so a scrape never holds up arrivals.
+            windows = [list(self._wait), list(self._service), list(self._upstream)]
+        for other in woken:
+            other._wake()
+        return {
+            **counts,
+            "wait_ms": _percentiles_ms(windows[0]),
+            "service_ms": _percentiles_ms(windows[1]),
+            "upstream_ms": _percentiles_ms(windows[2]),
+            "limits": {
+                "concurrency": self.concurrency,
+                "max_queue_size": self.max_queue_size,
+                "queue_timeout": self.queue_timeout,
+                "max_age": self.max_age,
+            },
+        }
 
     # -- internals (lock held) ----------------------------------------------------------------------------
 
@@ -304,6 +351,26 @@ class Lane:
         self._running += 1
         self._admitted += 1
         self._wait.append(now - ticket.arrived)
+
+    def _release_locked(self, ticket: Ticket, now: float) -> Ticket | None:
+        if ticket.state != ADMITTED:
+            return None
+        ticket.state = DONE
+        self._running -= 1
+        service = now - ticket.admitted_at
+        self._service.append(service)
+        ewma = self._service_ewma
+        self._service_ewma = service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
+        return self._hand_over_locked(now) if self._n_waiting else None
+
+    def _drain_finalized_locked(self, now: float) -> list[Ticket]:
+        """Release the tickets finalisers queued; return the waiters given their slots, to wake unlocked."""
+        woken = []
+        while self._finalized:
+            nxt = self._release_locked(self._finalized.popleft(), now)
+            if nxt is not None:
+                woken.append(nxt)
+        return woken
 
     def _hand_over_locked(self, now: float) -> Ticket | None:
         """Admit the best waiter into a slot just freed; the caller wakes it once the lock is released."""

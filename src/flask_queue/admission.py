@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -46,11 +47,12 @@ from flask import Blueprint
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
+from werkzeug.routing import MapAdapter
 
 from . import signals
 from ._lane import ADMITTED, REJECTED, WAITING, Lane, Ticket
 from ._request_start import upstream_wait
-from ._types import StartResponse, WSGIApplication, WSGIEnvironment
+from ._types import OptExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -101,6 +103,17 @@ _DEFAULTS: Final[dict[str, Any]] = {
 }
 
 
+_LANE_LIMITS: Final = frozenset({"concurrency", "max_queue_size", "queue_timeout", "max_age"})
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+def _check_callable(name: str, func: C | None) -> C | None:
+    if func is not None and not callable(func):
+        raise ConfigurationError(f"{name} must be a callable or None, got {func!r}")
+    return func
+
+
 def _check_status(status: object) -> int:
     if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
         raise ConfigurationError(f"status must be an HTTP error status from 400 to 599, got {status!r}")
@@ -118,7 +131,11 @@ class _Release:
         self._ticket = ticket
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._iterable)
+        # A generator, not iter(inner): it keeps this object alive for a caller that holds only the
+        # iterator, so the finaliser below cannot free the slot while the body is still being sent. Not
+        # `yield from`: finalising a suspended one would close the inner body a second time.
+        for chunk in self._iterable:  # noqa: UP028
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -130,9 +147,49 @@ class _Release:
 
     def __del__(self) -> None:
         # PEP 3333 servers call close(); Werkzeug's test client leaves it to the caller, and a buggy server
-        # may forget. Dropping the response must not leak the slot. Release is a no-op once done.
+        # may forget. Dropping the response must not leak the slot. (Never block here: see the method.)
         if self._ticket.state == ADMITTED:
-            self._lane.release(self._ticket)
+            self._lane.release_from_finalizer(self._ticket)
+
+
+class _SizedRelease(_Release):
+    """A ``_Release`` of a body with a length: servers read ``len(body) == 1`` to set Content-Length."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._iterable)  # type: ignore[arg-type]
+
+
+def _released_on_close(
+    iterable: Iterable[bytes], environ: WSGIEnvironment, lane: Lane, ticket: Ticket
+) -> Iterable[bytes]:
+    """Wrap the body so that closing it releases the slot, keeping what servers look for in it.
+
+    A body made by the server's own ``wsgi.file_wrapper`` is returned as it is, its ``close`` extended, so
+    gunicorn still sends it with ``sendfile()`` and waitress still knows its length. Anything else goes in a
+    ``_Release`` (sized when the body has a length).
+    """
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+        inner_close = getattr(iterable, "close", None)
+
+        def close() -> None:
+            try:
+                if inner_close is not None:
+                    inner_close()
+            finally:
+                lane.release(ticket)
+
+        try:
+            iterable.close = close  # type: ignore[attr-defined]
+        except AttributeError:  # a wrapper with __slots__: wrap it after all
+            pass
+        else:
+            return iterable
+    if hasattr(iterable, "__len__"):
+        return _SizedRelease(iterable, lane, ticket)
+    return _Release(iterable, lane, ticket)
 
 
 class RequestQueueMiddleware:
@@ -173,8 +230,8 @@ class RequestQueueMiddleware:
         self.app = app
         self.status = _check_status(status)
         self._status_line = f"{status} {HTTP_STATUS_CODES.get(status, 'Rejected')}"
-        self.classify = classify
-        self.select_lane = select_lane
+        self.classify = _check_callable("classify", classify)
+        self.select_lane = _check_callable("select_lane", select_lane)
         self.reject_response = reject_response
         self.signal_sender = self if signal_sender is None else signal_sender
         default = Lane(
@@ -187,6 +244,11 @@ class RequestQueueMiddleware:
         self.lanes: dict[str, Lane] = {DEFAULT_LANE: default}
         self._failed_callbacks: set[str] = set()
         for name, limits in (lanes or {}).items():
+            unknown = set(limits) - _LANE_LIMITS
+            if unknown:
+                raise ConfigurationError(
+                    f"lane {name!r}: unknown limit {sorted(unknown)[0]!r} (limits: {', '.join(sorted(_LANE_LIMITS))})"
+                )
             self.add_lane(name, **limits)
 
     def add_lane(
@@ -205,13 +267,16 @@ class RequestQueueMiddleware:
         if name in self.lanes:
             raise ConfigurationError(f"lane {name!r} is already defined")
         default = self.lanes[DEFAULT_LANE]
-        lane = Lane(
-            name,
-            concurrency=default.concurrency if concurrency is None else concurrency,
-            max_queue_size=default.max_queue_size if max_queue_size is None else max_queue_size,
-            queue_timeout=default.queue_timeout if queue_timeout is None else queue_timeout,
-            max_age=default.max_age if isinstance(max_age, _Unset) else max_age,
-        )
+        try:
+            lane = Lane(
+                name,
+                concurrency=default.concurrency if concurrency is None else concurrency,
+                max_queue_size=default.max_queue_size if max_queue_size is None else max_queue_size,
+                queue_timeout=default.queue_timeout if queue_timeout is None else queue_timeout,
+                max_age=default.max_age if isinstance(max_age, _Unset) else max_age,
+            )
+        except ConfigurationError as error:
+            raise ConfigurationError(f"lane {name!r}: {error}") from None
         self.lanes[name] = lane
         return lane
 
@@ -242,24 +307,27 @@ class RequestQueueMiddleware:
         )
 
         ticket = lane.arrive(priority, upstream)
-        if ticket.state == WAITING:
-            if signals.request_queued.receivers:
-                self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
-            lane.wait(ticket)
-            if ticket.state != REJECTED and _client_gone(environ):
-                lane.withdraw(ticket, "disconnected")
         if ticket.state == REJECTED:
             return self._reject(environ, start_response, lane, ticket)
-        if signals.request_admitted.receivers:
-            wait = ticket.admitted_at - ticket.arrived
-            self._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
-
+        # From here until the body is handed to the server, anything that raises (a signal receiver's
+        # BaseException, KeyboardInterrupt while waiting, the app itself) must give the ticket up.
         try:
+            if ticket.state == WAITING:
+                if signals.request_queued.receivers:
+                    self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
+                lane.wait(ticket)
+                if ticket.state == ADMITTED and _client_gone(environ):
+                    lane.withdraw(ticket, "disconnected")
+                if ticket.state == REJECTED:
+                    return self._reject(environ, start_response, lane, ticket)
+            if signals.request_admitted.receivers:
+                wait = ticket.admitted_at - ticket.arrived
+                self._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
             iterable = self.app(environ, start_response)
         except BaseException:
-            lane.release(ticket)
+            lane.cancel(ticket)
             raise
-        return _Release(iterable, lane, ticket)
+        return _released_on_close(iterable, environ, lane, ticket)
 
     def _lane(self, environ: WSGIEnvironment) -> Lane | None:
         """The request's lane by ``select_lane``; ``None`` when exempt. Never raises: see ``_callback_failed``."""
@@ -324,18 +392,27 @@ class RequestQueueMiddleware:
                 retry_after=retry_after,
                 environ=environ,
             )
-        if self.reject_response is not None:
+        if self.reject_response is None:
+            return self._default_rejection(environ, start_response, reason, retry_after)
+        started = False
+
+        def with_retry_after(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Callable[[bytes], object]:
+            nonlocal started
+            started = True
+            if not any(key.lower() == "retry-after" for key, _ in headers):
+                headers = [*headers, ("Retry-After", str(retry_after))]
+            return start_response(status, headers, exc_info)
+
+        try:
             respond = self.reject_response(environ, reason, retry_after)
-
-            def with_retry_after(
-                status: str, headers: list[tuple[str, str]], exc_info: Any = None
-            ) -> Callable[[bytes], object]:
-                if not any(key.lower() == "retry-after" for key, _ in headers):
-                    headers = [*headers, ("Retry-After", str(retry_after))]
-                return start_response(status, headers, exc_info)
-
             return respond(environ, with_retry_after)
-        return self._default_rejection(environ, start_response, reason, retry_after)
+        except Exception:
+            # A broken hook must not turn a cheap rejection into a 500: answer with the default one.
+            self._callback_failed("reject_response", "its rejections get the default response")
+            exc_info = sys.exc_info() if started else None  # replace headers it may have started
+            return self._default_rejection(environ, start_response, reason, retry_after, exc_info)
 
     def _default_rejection(
         self,
@@ -343,10 +420,10 @@ class RequestQueueMiddleware:
         start_response: StartResponse,
         reason: str,
         retry_after: int,
+        exc_info: OptExcInfo | None = None,
     ) -> Iterable[bytes]:
         message = "Too many requests" if self.status == 429 else "The server is busy"
-        accept = parse_accept_header(environ.get("HTTP_ACCEPT"), MIMEAccept)
-        if accept.best_match(("text/plain", "application/json")) == "application/json":
+        if _wants_json(environ.get("HTTP_ACCEPT")):
             body = json.dumps({"error": message, "reason": reason, "retry_after": retry_after}).encode()
             content_type = "application/json"
         else:
@@ -360,13 +437,31 @@ class RequestQueueMiddleware:
                 ("Retry-After", str(retry_after)),
                 ("Cache-Control", "no-store"),
             ],
+            exc_info,
         )
         return [body]
+
+
+def _wants_json(accept_header: str | None) -> bool:
+    """Whether the client names JSON (``application/json`` or ``*/*+json``) at least as high as text.
+
+    Only an explicit JSON type counts: ``*/*`` alone gets text. axios's ``application/json, text/plain, */*``
+    and ``application/problem+json`` get JSON; a browser's ``text/html,...,*/*;q=0.8`` gets text.
+    """
+    if not accept_header:
+        return False
+    accept = parse_accept_header(accept_header, MIMEAccept)
+    json_quality = max(
+        (q for value, q in accept if value == "application/json" or value.endswith("+json")), default=0
+    )
+    text_quality = max((q for value, q in accept if value in ("text/plain", "text/html")), default=0)
+    return json_quality > 0 and json_quality >= text_quality
 
 
 _EXTENSION_KEY: Final = "flask-queue.request-queue"
 _LANE_ATTR: Final = "_flask_queue_lane"
 _ROUTE_CACHE_SIZE: Final = 4096
+_ADAPTER_CACHE_SIZE: Final = 256
 
 
 class RequestQueue:
@@ -400,11 +495,12 @@ class RequestQueue:
         # Validate the defaults now, not at the first init_app.
         Lane(DEFAULT_LANE, concurrency=concurrency, max_queue_size=max_queue_size, queue_timeout=queue_timeout, max_age=max_age)  # fmt: skip
         _check_status(status)
+        _check_callable("classify", classify)
         self._lanes: dict[str, dict[str, Any]] = {}
         self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
         self._marks = 0  # how many times a view, endpoint or blueprint was given a lane or made exempt
         self._endpoint_lanes: dict[str, str | _Exempt] = {}
-        self._blueprint_lanes: dict[str, str | _Exempt] = {}
+        self._blueprint_lanes: dict[object, str | _Exempt] = {}  # Blueprint -> lane
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()  # set up by init_app; never kept alive here
         if app is not None:
             self.init_app(app)
@@ -464,13 +560,16 @@ class RequestQueue:
             "max_age": max_age,
         }
         # Validate now, with stand-ins for the limits each app's defaults will fill in.
-        Lane(
-            name,
-            concurrency=1 if concurrency is None else concurrency,
-            max_queue_size=0 if max_queue_size is None else max_queue_size,
-            queue_timeout=1.0 if queue_timeout is None else queue_timeout,
-            max_age=None if isinstance(max_age, _Unset) else max_age,
-        )
+        try:
+            Lane(
+                name,
+                concurrency=1 if concurrency is None else concurrency,
+                max_queue_size=0 if max_queue_size is None else max_queue_size,
+                queue_timeout=1.0 if queue_timeout is None else queue_timeout,
+                max_age=None if isinstance(max_age, _Unset) else max_age,
+            )
+        except ConfigurationError as error:
+            raise ConfigurationError(f"lane {name!r}: {error}") from None
         self._lanes[name] = limits
         for app in self._apps:
             self.middleware(app).add_lane(name, **limits)
@@ -503,7 +602,7 @@ class RequestQueue:
         if isinstance(target, str):
             self._endpoint_lanes[target] = lane
         elif isinstance(target, Blueprint):
-            self._blueprint_lanes[target.name] = lane
+            self._blueprint_lanes[target] = lane  # by object: its endpoints' prefix depends on registration
         elif callable(target):
             setattr(target, _LANE_ATTR, lane)
         else:
@@ -556,21 +655,33 @@ class RequestQueue:
         return middleware
 
     def _endpoint_lane(self, app: Flask, endpoint: str | None) -> str | _Exempt | None:
-        """The lane marked for an endpoint: by name, on its view, or on its innermost marked blueprint."""
+        """The lane marked for an endpoint: by name, on its view (or view class), or on its blueprints."""
         if endpoint is None:
             return None
         if endpoint in self._endpoint_lanes:
             return self._endpoint_lanes[endpoint]
-        lane: str | _Exempt | None = getattr(app.view_functions.get(endpoint), _LANE_ATTR, None)
-        blueprint = endpoint.rpartition(".")[0]
-        while lane is None and blueprint:
-            lane = self._blueprint_lanes.get(blueprint)
-            blueprint = blueprint.rpartition(".")[0]
+        view = app.view_functions.get(endpoint)
+        lane: str | _Exempt | None = getattr(view, _LANE_ATTR, None)
+        if lane is None:  # a class-based view: the mark is on the class that as_view() was made from
+            lane = getattr(getattr(view, "view_class", None), _LANE_ATTR, None)
+        # "parent.child.view": the innermost marked blueprint, found by its registered (dotted) name.
+        prefix = endpoint.rpartition(".")[0]
+        while lane is None and prefix:
+            blueprint = app.blueprints.get(prefix)
+            if blueprint is not None:
+                lane = self._blueprint_lanes.get(blueprint)
+            prefix = prefix.rpartition(".")[0]
         return lane
 
     def _lane_selector(self, app: Flask) -> LaneSelector:
-        """Map a request to its view's lane through the app's URL map, caching by method, host and path."""
-        cache: dict[tuple[str, str, str, str], str | _Exempt | None] = {}
+        """Map a request to its view's lane through the app's URL map, with two caches.
+
+        One URL adapter per site (scheme, host, server name and port, script name), made by Flask's own
+        ``create_url_adapter`` so that host and subdomain matching agree with Flask's on every version; and
+        the lane per site, method and path.
+        """
+        adapters: dict[tuple[str, ...], MapAdapter | None] = {}
+        lanes: dict[tuple[tuple[str, ...], str, str], str | _Exempt | None] = {}
         cached_marks = 0
 
         def select(environ: WSGIEnvironment) -> str | _Exempt | None:
@@ -578,22 +689,31 @@ class RequestQueue:
             if not self._marks:
                 return None
             if cached_marks != self._marks:  # a view was marked since: what is cached may be stale
-                cache.clear()
+                lanes.clear()
                 cached_marks = self._marks
-            key = (
-                environ.get("REQUEST_METHOD", ""),
+            site = (
+                environ.get("wsgi.url_scheme", ""),
                 environ.get("HTTP_HOST", ""),
+                environ.get("SERVER_NAME", ""),
+                environ.get("SERVER_PORT", ""),
                 environ.get("SCRIPT_NAME", ""),
-                environ.get("PATH_INFO", ""),
             )
+            key = (site, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
             try:
-                return cache[key]
+                return lanes[key]
             except KeyError:
                 pass
-            lane = self._endpoint_lane(app, _route_endpoint(app, environ))
-            if len(cache) >= _ROUTE_CACHE_SIZE:
-                cache.clear()
-            cache[key] = lane
+            try:
+                adapter = adapters[site]
+            except KeyError:
+                adapter = _url_adapter(app, environ)
+                if len(adapters) >= _ADAPTER_CACHE_SIZE:
+                    adapters.clear()
+                adapters[site] = adapter
+            lane = None if adapter is None else self._endpoint_lane(app, _match_endpoint(adapter, environ))
+            if len(lanes) >= _ROUTE_CACHE_SIZE:
+                lanes.clear()
+            lanes[key] = lane
             return lane
 
         return select
@@ -637,21 +757,30 @@ def _client_gone(environ: WSGIEnvironment) -> bool:
         return False
 
 
-def _route_endpoint(app: Flask, environ: WSGIEnvironment) -> str | None:
-    """The endpoint ``environ`` routes to, as Flask would route it; ``None`` when it routes nowhere."""
-    # Bind the way Flask.create_url_adapter does, so host and subdomain matching agree with Flask's.
-    server_name = app.config["SERVER_NAME"]
-    subdomain = None
-    if app.url_map.host_matching:
-        server_name = None
-    elif not app.subdomain_matching:
-        subdomain = app.url_map.default_subdomain or ""
+def _url_adapter(app: Flask, environ: WSGIEnvironment) -> MapAdapter | None:
+    """Flask's URL adapter for the request's site; ``None`` when Flask would refuse it (untrusted host)."""
     try:
-        adapter = app.url_map.bind_to_environ(environ, server_name=server_name, subdomain=subdomain)
-        endpoint, _ = adapter.match()
+        return app.create_url_adapter(app.request_class(environ))
+    except Exception:
+        log.debug(
+            "no URL adapter for %r; the default lane admits it", environ.get("HTTP_HOST"), exc_info=True
+        )
+        return None
+
+
+def _match_endpoint(adapter: MapAdapter, environ: WSGIEnvironment) -> str | None:
+    """The endpoint Flask will dispatch the request to; ``None`` when no view of the app will run it."""
+    method = environ.get("REQUEST_METHOD", "GET").upper()
+    # PATH_INFO is a WSGI "bytes as latin-1" string; Werkzeug's routing wants the decoded path.
+    path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
+    try:
+        rule, _ = adapter.match(path, method, return_rule=True)
     except HTTPException:  # 404, 405, redirects: Flask answers them; the default lane admits them
         return None
     except Exception:  # a malformed request must not become a 500 here; Flask will judge it
-        log.debug("could not route %r for lane selection", environ.get("PATH_INFO"), exc_info=True)
+        log.debug("could not route %r for lane selection", path, exc_info=True)
         return None
-    return str(endpoint)
+    if method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
+        return None  # Flask answers it without calling the view: it must not wait in the view's lane
+    endpoint: str = rule.endpoint
+    return endpoint
