@@ -15,6 +15,10 @@ from flask_queue import ConfigurationError, RequestQueue, RequestQueueMiddleware
 from flask_queue._types import StartResponse, WSGIEnvironment
 
 
+def ignore_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+    return lambda data: None
+
+
 class Interrupt(BaseException):
     """Stands for KeyboardInterrupt, SystemExit or gevent.Timeout raised in the middle of a request."""
 
@@ -91,7 +95,7 @@ def test_iterating_without_keeping_the_response_keeps_the_slot_until_the_body_is
         yield b"last"
 
     middleware = RequestQueueMiddleware(stream, concurrency=1, max_queue_size=0)
-    chunks = iter(middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda s, h, e=None: None))
+    chunks = iter(middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, ignore_start))
     assert next(chunks) == b"first"
     assert stats_of(middleware)["running"] == 1
     gate.set()
@@ -123,7 +127,7 @@ def test_a_body_from_the_servers_file_wrapper_reaches_it_unwrapped_and_still_rel
 
     middleware = RequestQueueMiddleware(app, concurrency=1, max_queue_size=0)
     environ: dict[str, Any] = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.file_wrapper": FileWrapper}
-    body = middleware(environ, lambda s, h, e=None: None)
+    body = middleware(environ, ignore_start)
     assert isinstance(body, FileWrapper)
     assert stats_of(middleware)["running"] == 1
     body.close()
@@ -133,7 +137,7 @@ def test_a_body_from_the_servers_file_wrapper_reaches_it_unwrapped_and_still_rel
 
 def test_a_body_with_a_length_keeps_it() -> None:
     middleware = RequestQueueMiddleware(hello)
-    body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda s, h, e=None: None)
+    body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, ignore_start)
     assert len(body) == 1  # type: ignore[arg-type]
     body.close()  # type: ignore[attr-defined]
 
