@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Flask
@@ -63,3 +64,15 @@ def hold(app: Flask, path: str) -> Call:
     call = Call(app.wsgi_app, path)
     assert call.code == 200, call.body
     return call
+
+
+def gated_stream(gate: threading.Event) -> WSGIApplication:
+    """A streaming app: sends ``first``, waits for ``gate`` (5 s at most), then sends ``last``."""
+
+    def stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        yield b"first"
+        gate.wait(5)
+        yield b"last"
+
+    return stream

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from _wsgi import Call, hello, hold, stats_of
+from _wsgi import Call, gated_stream, hello, hold, stats_of
 from flask_queue import (
     EXEMPT,
     ConfigurationError,
@@ -153,20 +153,13 @@ def test_the_slot_is_held_until_the_response_is_closed() -> None:
 
 def test_a_streaming_response_keeps_its_slot_until_done() -> None:
     gate = threading.Event()
-
-    def stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
-        start_response("200 OK", [])
-        yield b"first"
-        gate.wait(5)
-        yield b"second"
-
-    middleware = RequestQueueMiddleware(stream, concurrency=1, max_queue_size=0)
+    middleware = RequestQueueMiddleware(gated_stream(gate), concurrency=1, max_queue_size=0)
     call = Call(middleware)
     chunks = iter(call.iterable)
     assert next(chunks) == b"first"
     assert Call(middleware).code == 503
     gate.set()
-    assert list(chunks) == [b"second"]
+    assert list(chunks) == [b"last"]
     call.close()
     assert stats_of(middleware)["running"] == 0
 

@@ -10,7 +10,7 @@ import pytest
 from flask import Blueprint, Flask, g
 from flask.views import MethodView
 
-from _wsgi import Call, hello, hold, stats_of
+from _wsgi import Call, gated_stream, hello, hold, stats_of
 from flask_queue import ConfigurationError, RequestQueue, RequestQueueMiddleware, signals
 from flask_queue._types import StartResponse, WSGIEnvironment
 
@@ -87,14 +87,7 @@ def test_a_base_exception_between_arrival_and_the_app_gives_the_ticket_up(signal
 
 def test_iterating_without_keeping_the_response_keeps_the_slot_until_the_body_is_done() -> None:
     gate = threading.Event()
-
-    def stream(environ: WSGIEnvironment, start_response: StartResponse) -> Iterator[bytes]:
-        start_response("200 OK", [])
-        yield b"first"
-        gate.wait(5)
-        yield b"last"
-
-    middleware = RequestQueueMiddleware(stream, concurrency=1, max_queue_size=0)
+    middleware = RequestQueueMiddleware(gated_stream(gate), concurrency=1, max_queue_size=0)
     chunks = iter(middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, ignore_start))
     assert next(chunks) == b"first"
     assert stats_of(middleware)["running"] == 1

@@ -38,6 +38,23 @@ def make_lane(**limits: object) -> Lane:
     return Lane("test", **settings_)  # type: ignore[arg-type]
 
 
+def wait_in_thread(lane: Lane, priority: int = 0) -> tuple[threading.Thread, list[Ticket]]:
+    """A request that arrives and waits in ``lane`` on a thread of its own; returns once it is in line."""
+    outcome: list[Ticket] = []
+    queued = threading.Event()
+
+    def request() -> None:
+        ticket = lane.arrive(priority)
+        queued.set()
+        lane.wait(ticket)
+        outcome.append(ticket)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    assert queued.wait(5)
+    return thread, outcome
+
+
 # -- settings -------------------------------------------------------------------------------------------
 
 
@@ -133,18 +150,7 @@ def test_a_full_line_rejects_a_request_no_more_important_than_every_waiter(
 def test_a_shed_waiter_is_woken() -> None:
     lane = make_lane(max_queue_size=1, queue_timeout=60.0)
     lane.arrive()
-    outcome: list[Ticket] = []
-    queued = threading.Event()
-
-    def low_priority_request() -> None:
-        ticket = lane.arrive(5)
-        queued.set()
-        lane.wait(ticket)
-        outcome.append(ticket)
-
-    thread = threading.Thread(target=low_priority_request)
-    thread.start()
-    assert queued.wait(5)
+    thread, outcome = wait_in_thread(lane, priority=5)
     lane.arrive(0)
     thread.join(5)
     assert not thread.is_alive()
@@ -258,18 +264,7 @@ def test_a_waiter_reaching_max_age_before_its_queue_timeout_is_too_old() -> None
 def test_a_blocked_request_is_admitted_when_a_slot_frees() -> None:
     lane = make_lane(queue_timeout=60.0)
     holder = lane.arrive()
-    result: list[Ticket] = []
-    queued = threading.Event()
-
-    def request() -> None:
-        ticket = lane.arrive()
-        queued.set()
-        lane.wait(ticket)
-        result.append(ticket)
-
-    thread = threading.Thread(target=request)
-    thread.start()
-    assert queued.wait(5)
+    thread, result = wait_in_thread(lane)
     lane.release(holder)
     thread.join(5)
     assert result[0].state == ADMITTED
