@@ -327,6 +327,8 @@ class RequestQueueMiddleware:
         except BaseException:
             lane.cancel(ticket)
             raise
+        if type(iterable) is list:  # the common case, inlined: a sized body the server cannot wrap
+            return _SizedRelease(iterable, lane, ticket)
         return _released_on_close(iterable, environ, lane, ticket)
 
     def _lane(self, environ: WSGIEnvironment) -> Lane | None:
