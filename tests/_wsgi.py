@@ -10,18 +10,25 @@ from typing import Any
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 
-from flask_queue import RequestQueueMiddleware
+from flask_queue import RequestQueueMiddleware, signals
 from flask_queue._types import StartResponse, WSGIApplication, WSGIEnvironment
 
 
 class Call:
     """One request through a WSGI app, its response held open until ``close``."""
 
-    def __init__(self, app: WSGIApplication, path: str = "/", **builder: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApplication,
+        path: str = "/",
+        extra_environ: dict[str, Any] | None = None,
+        **builder: Any,
+    ) -> None:
         self.status = ""
         self.headers: dict[str, str] = {}
         self._chunks: list[bytes] = []
         self.environ = EnvironBuilder(path=path, **builder).get_environ()
+        self.environ.update(extra_environ or {})
         self.iterable = app(self.environ, self._start_response)
 
     def _start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -76,3 +83,19 @@ def gated_stream(gate: threading.Event) -> WSGIApplication:
         yield b"last"
 
     return stream
+
+
+def call_after_waiting(
+    middleware: RequestQueueMiddleware, extra_environ: dict[str, Any] | None = None
+) -> Call:
+    """A request that waits in line for the slot a held request frees, then is let in; ``Call`` of it."""
+    held = Call(middleware, "/held")
+    queued = threading.Event()
+    result: list[Call] = []
+    with signals.request_queued.connected_to(lambda sender, **kw: queued.set(), sender=middleware):
+        thread = threading.Thread(target=lambda: result.append(Call(middleware, "/waited", extra_environ)))
+        thread.start()
+        assert queued.wait(5), "the request never queued"
+    held.close()
+    thread.join(5)
+    return result[0]

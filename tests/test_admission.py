@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from _wsgi import Call, gated_stream, hello, hold, stats_of
+from _wsgi import Call, call_after_waiting, gated_stream, hello, hold, stats_of
 from flask_queue import (
     EXEMPT,
     ConfigurationError,
@@ -229,21 +229,11 @@ def test_closing_twice_releases_once() -> None:
 
 def test_a_waiting_request_runs_when_a_slot_frees() -> None:
     middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=30.0)
-    held = Call(middleware)
-    queued = threading.Event()
-    signals.request_queued.connect(lambda sender, **kw: queued.set(), sender=middleware, weak=False)
-    result: list[Call] = []
-    thread = threading.Thread(target=lambda: result.append(Call(middleware)))
-    thread.start()
-    try:
-        assert queued.wait(5)
-        assert stats_of(middleware)["waiting"] == 1
-        held.close()
-        thread.join(5)
-        assert result[0].code == 200
-        result[0].close()
-    finally:
-        signals.request_queued.receivers.clear()
+    call = call_after_waiting(middleware)  # fails unless the request really queued
+    assert call.code == 200
+    call.close()
+    stats = stats_of(middleware)
+    assert (stats["admitted"], stats["running"], stats["waiting"]) == (2, 0, 0)
 
 
 def test_a_request_that_waits_too_long_is_rejected_timeout() -> None:
@@ -295,7 +285,6 @@ def test_priority_classes_are_served_in_order_and_shed_the_least_important() -> 
         classify=lambda environ: int(environ.get("HTTP_X_CLASS", "1")),
     )
     waiting = threading.Semaphore(0)
-    signals.request_queued.connect(lambda sender, **kw: waiting.release(), sender=middleware, weak=False)
     outcomes: dict[str, int] = {}
 
     def client(path: str, klass: str) -> None:
@@ -304,7 +293,7 @@ def test_priority_classes_are_served_in_order_and_shed_the_least_important() -> 
         call.close()
         released.release()
 
-    try:
+    with signals.request_queued.connected_to(lambda sender, **kw: waiting.release(), sender=middleware):
         held = Call(middleware, "/held")
         threads = []
         for path, klass in [("/low-old", "1"), ("/low-new", "1"), ("/high", "0")]:
@@ -319,8 +308,6 @@ def test_priority_classes_are_served_in_order_and_shed_the_least_important() -> 
             thread.join(5)
         assert served == ["/held", "/high", "/low-old"]
         assert stats_of(middleware)["rejected"]["shed"] == 1
-    finally:
-        signals.request_queued.receivers.clear()
 
 
 @pytest.mark.parametrize(
@@ -380,29 +367,6 @@ def test_lanes_are_independent_and_exempt_requests_are_never_queued() -> None:
     held_report.close()
 
 
-def _wait_then_admit(middleware: RequestQueueMiddleware, environ_extra: dict[str, Any]) -> Call:
-    """A request that has to wait for the slot a held request frees, with extra environ keys."""
-    held = Call(middleware, "/held")
-    queued = threading.Event()
-    result: list[Call] = []
-
-    def app_call() -> None:
-        builder_env = EnvironBuilder(path="/waited").get_environ()
-        builder_env.update(environ_extra)
-        call = Call.__new__(Call)
-        call.status, call.headers, call._chunks, call.environ = "", {}, [], builder_env
-        call.iterable = middleware(builder_env, call._start_response)
-        result.append(call)
-
-    with signals.request_queued.connected_to(lambda sender, **kw: queued.set(), sender=middleware):
-        thread = threading.Thread(target=app_call)
-        thread.start()
-        assert queued.wait(5)
-    held.close()
-    thread.join(5)
-    return result[0]
-
-
 def test_a_waiter_whose_client_left_is_not_run(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -417,7 +381,7 @@ def test_a_waiter_whose_client_left_is_not_run(
     theirs.close()  # the client hung up while its request waited
     try:
         with caplog.at_level(logging.INFO, logger="flask_queue.admission"):
-            call = _wait_then_admit(middleware, {"gunicorn.socket": ours})
+            call = call_after_waiting(middleware, {"gunicorn.socket": ours})
     finally:
         ours.close()
     assert call.code == 503
@@ -438,10 +402,10 @@ def test_a_waiter_whose_client_is_still_there_runs() -> None:
     unconnected = socket.socket()
     try:
         theirs.sendall(b"pipelined bytes count as a live client")
-        call = _wait_then_admit(middleware, {"gunicorn.socket": ours})
+        call = call_after_waiting(middleware, {"gunicorn.socket": ours})
         assert call.code == 200
         call.close()
-        idle = _wait_then_admit(middleware, {"gunicorn.socket": unconnected})
+        idle = call_after_waiting(middleware, {"gunicorn.socket": unconnected})
         assert idle.code == 200  # an unusable socket is no proof the client left
         idle.close()
     finally:
@@ -452,7 +416,7 @@ def test_a_waiter_whose_client_is_still_there_runs() -> None:
 @pytest.mark.parametrize(("gone", "code"), [(True, 503), (False, 200)])
 def test_waitress_tells_whether_the_client_left(gone: bool, code: int) -> None:
     middleware = RequestQueueMiddleware(hello, concurrency=1, max_queue_size=1, queue_timeout=30.0)
-    call = _wait_then_admit(middleware, {"waitress.client_disconnected": lambda: gone})
+    call = call_after_waiting(middleware, {"waitress.client_disconnected": lambda: gone})
     assert call.code == code
     call.close()
 

@@ -206,23 +206,13 @@ class Lane:
             return None
         now = self._clock()
         with self._lock:
-            if self._finalized or self._n_waiting:
-                woken = self._drain_finalized_locked(now) if self._finalized else []
-                nxt = self._release_locked(ticket, now)
-            else:  # the common case, inlined: nobody waits, nothing to hand over or wake
-                if ticket.state != ADMITTED:
-                    return None
-                ticket.state = DONE
-                self._running -= 1
-                service = now - ticket.admitted_at
-                self._service.append(service)
-                ewma = self._service_ewma
-                self._service_ewma = service if ewma is None else ewma + _EWMA_WEIGHT * (service - ewma)
-                return None
+            woken = self._drain_finalized_locked(now) if self._finalized else None
+            nxt = self._release_locked(ticket, now)
+        if woken:
+            for other in woken:
+                other._wake()
         if nxt is not None:
-            woken.append(nxt)
-        for other in woken:
-            other._wake()
+            nxt._wake()
         return nxt
 
     def release_from_finalizer(self, ticket: Ticket) -> None:
