@@ -78,15 +78,9 @@ def _percentiles_ms(samples: Iterable[float]) -> dict[str, float | None]:
     }
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
+def _int_at_least(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -121,8 +115,8 @@ class Lane:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a lane needs a non-empty name, got {name!r}")
         self.name = name
-        self.concurrency = _positive_int("concurrency", concurrency)
-        self.max_queue_size = _non_negative_int("max_queue_size", max_queue_size)
+        self.concurrency = _int_at_least("concurrency", concurrency, 1)
+        self.max_queue_size = _int_at_least("max_queue_size", max_queue_size, 0)
         self.queue_timeout = _positive_seconds("queue_timeout", queue_timeout)
         self.max_age = None if max_age is None else _positive_seconds("max_age", max_age)
         self._clock = clock
@@ -173,12 +167,8 @@ class Lane:
                 self._upstream.append(upstream)
             if self.max_age is not None and upstream >= self.max_age:
                 self._reject_locked(ticket, "too_old")
-            elif self._running < self.concurrency:  # the common case, inlined: a free slot
-                ticket.state = ADMITTED
-                ticket.admitted_at = now
-                self._running += 1
-                self._admitted += 1
-                self._wait.append(0.0)
+            elif self._running < self.concurrency:
+                self._admit_locked(ticket, now)
             elif upstream >= self.queue_timeout:
                 self._reject_locked(ticket, "timeout")
             elif self._n_waiting < self.max_queue_size:

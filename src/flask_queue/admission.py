@@ -507,10 +507,8 @@ class RequestQueue:
             "status": status,
             "classify": classify,
         }
-        # Validate the defaults now, not at the first init_app.
-        Lane(DEFAULT_LANE, concurrency=concurrency, max_queue_size=max_queue_size, queue_timeout=queue_timeout, max_age=max_age)  # fmt: skip
-        _check_status(status)
-        _check_callable("classify", classify)
+        # Checks the settings and lanes now, not at the first init_app, with the middleware's own checks.
+        self._checks = RequestQueueMiddleware(_no_app, **self._defaults)
         self._lanes: dict[str, dict[str, Any]] = {}
         self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
         self._marks = 0  # how many times a view, endpoint or blueprint was given a lane or made exempt
@@ -566,25 +564,13 @@ class RequestQueue:
             raise ConfigurationError(
                 "the default lane is set by RequestQueue(...) and the REQUEST_QUEUE_* config keys, not lane()"
             )
-        if name in self._lanes:
-            raise ConfigurationError(f"lane {name!r} is already defined")
         limits: dict[str, Any] = {
             "concurrency": concurrency,
             "max_queue_size": max_queue_size,
             "queue_timeout": queue_timeout,
             "max_age": max_age,
         }
-        # Validate now, with stand-ins for the limits each app's defaults will fill in.
-        try:
-            Lane(
-                name,
-                concurrency=1 if concurrency is None else concurrency,
-                max_queue_size=0 if max_queue_size is None else max_queue_size,
-                queue_timeout=1.0 if queue_timeout is None else queue_timeout,
-                max_age=None if isinstance(max_age, _Unset) else max_age,
-            )
-        except ConfigurationError as error:
-            raise ConfigurationError(f"lane {name!r}: {error}") from None
+        self._checks.add_lane(name, **limits)  # raises for an invalid limit, naming the lane
         self._lanes[name] = limits
         for app in self._apps:
             self.middleware(app).add_lane(name, **limits)
@@ -732,6 +718,10 @@ class RequestQueue:
             return lane
 
         return select
+
+
+def _no_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    raise AssertionError("RequestQueue._checks only validates settings; it never serves a request")
 
 
 def _flask_rejection(app: Flask, func: Callable[[str, int], ResponseReturnValue]) -> RejectResponse:
