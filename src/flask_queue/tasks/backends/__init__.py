@@ -1,0 +1,70 @@
+"""Task backends, chosen by URL: ``memory://``, ``sqlite:///path``, and (later) ``redis://``, ``postgresql://``.
+
+Each backend lives in its own module and imports its third-party library there, so using one backend never
+requires another's; a missing library is named with the extra that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from ...exceptions import ConfigurationError
+from .base import Backend
+
+__all__ = ["Backend", "backend_from_url", "hide_password"]
+
+#: Schemes understood today, and the extra each needs (``None``: nothing to install).
+SCHEMES = {"memory": None, "sqlite": None}
+
+
+def backend_from_url(url: str, *, base_dir: str | os.PathLike[str] | None = None) -> Backend:
+    """The backend a URL names. A relative SQLite path is taken from ``base_dir`` (the app's instance folder).
+
+    Raises ``ConfigurationError`` for a URL this version cannot use, naming the schemes it can.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError(f"TASK_QUEUE_BACKEND must be a URL string, not {type(url).__name__}")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(
+            f"TASK_QUEUE_BACKEND={hide_password(url)!r} is not a URL; use one of: {_supported()}"
+        )
+    if scheme == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(url)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteBackend
+
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path or path == ":memory:":
+            raise ConfigurationError(
+                f"TASK_QUEUE_BACKEND={url!r} names no file: give sqlite:///relative/path or sqlite:////absolute"
+                " (for a queue that lives only in this process, use memory://)"
+            )
+        file = Path(path)
+        if not file.is_absolute():
+            file = Path(base_dir or os.getcwd()) / file
+        return SQLiteBackend(file)
+    raise ConfigurationError(
+        f"TASK_QUEUE_BACKEND={hide_password(url)!r}: unknown scheme {scheme!r}; use one of: {_supported()}"
+    )
+
+
+def _supported() -> str:
+    return ", ".join(f"{scheme}://" for scheme in SCHEMES)
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and pages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,189 @@
+"""The backend contract: what a task backend stores and the state changes it must make atomically.
+
+A backend keeps ``JobRecord``s and moves them between statuses. Every method is safe to call from any
+thread; a durable backend is also safe to share between processes (and machines, for the networked ones).
+The worker, the ``TaskQueue`` and the CLI only ever talk to a backend through these methods, so one test
+suite (``tests/tasks/test_backend_contract.py``) checks every backend against this page.
+
+The life of a job::
+
+    enqueue ──> QUEUED (eta in the future: reported as SCHEDULED)
+                  │  dequeue (lowest priority first, then oldest; leased to one worker until lease_until)
+                  v
+                RUNNING ──renew──> RUNNING           a running job's lease is renewed every third of it
+                  │ │ │
+                  │ │ └─ lease lapses (worker died) ──> QUEUED again, ``lost`` + 1; past MAX_LOST: FAILED
+                  │ └─── retry_later ──> QUEUED with a later eta
+                  └───── finish ──> SUCCEEDED | FAILED      (kept until ``expires_at``, None = for ever)
+    QUEUED ──cancel──> CANCELLED;   FAILED | CANCELLED ──requeue──> QUEUED
+
+Delivery is at-least-once: a job is RUNNING under one worker's lease, and only the holder of the lease can
+finish it (``finish`` and ``retry_later`` return ``None``/``False`` to a worker that lost it). A worker that
+dies stops renewing, its lease lapses, and the next ``dequeue`` hands the job out again.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Collection, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ..job import FINISHED, JobRecord, JobStatus, Watcher
+
+__all__ = ["MAX_LOST", "Backend"]
+
+#: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
+#: again: a job that kills its worker every time must not take down every worker in turn for ever.
+MAX_LOST = 3
+
+#: Error recorded on a job failed for losing too many leases.
+LOST_ERROR = (
+    f"WorkerLost: the job was handed to a worker {MAX_LOST} times and each time its worker stopped renewing"
+    " the lease (it died, was killed, or hung)"
+)
+
+
+class Backend(abc.ABC):
+    """Base class of the backends. Subclasses implement the abstract methods and keep the others."""
+
+    #: The backend's URL with any password hidden: what messages and the dashboard show.
+    url: str = ""
+
+    def __init__(self) -> None:
+        self._finished_lock = threading.Lock()
+        self._finished_here = threading.Condition(self._finished_lock)
+        self._watcher = Watcher(self)
+
+    # -- what subclasses implement ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue(self, records: Sequence[JobRecord]) -> None:
+        """Store new jobs, all or none. Their ids are new; their status is ``QUEUED``."""
+
+    @abc.abstractmethod
+    def dequeue(
+        self, queues: Collection[str] | None, worker: str, lease: float, timeout: float
+    ) -> JobRecord | None:
+        """Lease the most urgent ready job of ``queues`` (``None``: every queue) to ``worker``.
+
+        Ready means ``QUEUED`` with ``eta`` now or past. Most urgent: lowest ``priority``, then first
+        enqueued. The job becomes ``RUNNING`` with ``attempts`` + 1, ``started_at`` now and ``lease_until``
+        ``lease`` seconds from now; the record returned is the updated one. When none is ready, wait up to
+        ``timeout`` seconds for one (woken early by an enqueue, at least in this process) and return ``None``
+        if none came. Jobs whose lease lapsed are ready again (see ``MAX_LOST``).
+        """
+
+    @abc.abstractmethod
+    def renew(self, job_id: str, worker: str, lease: float) -> bool:
+        """Extend the lease of a job ``worker`` runs to ``lease`` seconds from now; ``False`` if it lost it."""
+
+    @abc.abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        status: JobStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        expires_at: float | None = None,
+    ) -> JobRecord | None:
+        """Record the end of a job ``worker`` holds (``SUCCEEDED`` or ``FAILED``) and return its record.
+
+        ``None`` if ``worker`` no longer holds its lease: the job was handed to another worker, whose
+        outcome is the one that counts.
+        """
+
+    @abc.abstractmethod
+    def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
+        """Put a failed attempt's job back as ``QUEUED`` at ``eta``, keeping its error; ``False`` if ``worker``
+        lost its lease."""
+
+    @abc.abstractmethod
+    def release(self, job_id: str, worker: str) -> bool:
+        """Give a job back unfinished (a worker shutting down): ``QUEUED`` again at once, its attempt not
+        counted. ``False`` if ``worker`` lost its lease."""
+
+    @abc.abstractmethod
+    def fail_unrunnable(self, job_id: str, worker: str, error: str) -> JobRecord | None:
+        """Fail a leased job that cannot run at all (unknown task, corrupt payload), whatever its retries."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, or ``None`` if there is no such job (any more)."""
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """``QUEUED`` (or scheduled) becomes ``CANCELLED``; ``True`` if this call changed it."""
+
+    @abc.abstractmethod
+    def requeue(self, job_id: str) -> bool:
+        """``FAILED`` or ``CANCELLED`` becomes ``QUEUED`` to run now, with its attempts and lost leases reset;
+        ``True`` if this call changed it."""
+
+    @abc.abstractmethod
+    def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
+        """Delete the jobs of ``queue`` (``None``: every queue) whose stored status is one of ``statuses``
+        (``SCHEDULED`` means queued with a future eta); return how many. Running jobs are never deleted."""
+
+    @abc.abstractmethod
+    def size(self, queue: str | None = None) -> int:
+        """Jobs ready to run now in ``queue`` (``None``: in every queue)."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, dict[str, int]]:
+        """``{queue: {status: count}}`` for every status of ``JobStatus``, scheduled apart from queued."""
+
+    @abc.abstractmethod
+    def jobs(
+        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        """Jobs, most recently enqueued first, optionally of one status and one queue."""
+
+    @abc.abstractmethod
+    def expire(self) -> int:
+        """Delete finished jobs whose ``expires_at`` has passed; return how many."""
+
+    def interrupt(self) -> None:  # noqa: B027 - optional: a backend with nothing to do here keeps it
+        """Make every ``dequeue`` waiting in this process return (``None``) now: its workers are stopping."""
+
+    def close(self) -> None:  # noqa: B027 - optional: a backend with nothing to do here keeps it
+        """Release connections and files. The backend is not used afterwards."""
+
+    def after_fork(self) -> None:  # noqa: B027 - optional: a backend with nothing to do here keeps it
+        """Called in a child process after a fork: drop connections inherited from the parent."""
+
+    # -- given to every backend ------------------------------------------------------------------------------
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Wait until the job is finished or ``timeout`` seconds passed; return its record then.
+
+        Woken at once by a job finished in this process; jobs finished elsewhere are seen by polling, every
+        millisecond at first and every 50 ms at most.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            record = self.get(job_id)
+            if record is None or record.status in FINISHED:
+                return record
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return record
+            with self._finished_here:
+                self._finished_here.wait(pause if remaining is None else min(pause, remaining))
+            pause = min(pause * 2, 0.05)
+
+    def watch(self, job_id: str) -> Future[Any]:
+        """A future settled when the job finishes (see ``Job.future``)."""
+        return self._watcher.watch(job_id)
+
+    def finished_here(self, record: JobRecord) -> None:
+        """Tell waiters in this process that a job finished. Backends call it after ``finish``."""
+        with self._finished_here:
+            self._finished_here.notify_all()
+        self._watcher.finished(record)

@@ -1,0 +1,318 @@
+"""``memory://``: jobs in this process's memory, for tests, eager work and work that may be lost.
+
+A ``MemoryBackend`` belongs to one ``TaskQueue``: two apps, or two processes, never share one. It keeps the
+same contract as the durable backends (leases included), so code tested on it behaves the same on them;
+what it cannot do is survive its process. Jobs still waiting when the process exits are reported by the
+worker's shutdown, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Collection, Sequence
+
+from ..job import FINISHED, JobRecord, JobStatus
+from .base import LOST_ERROR, MAX_LOST, Backend
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    def __init__(self, url: str = "memory://") -> None:
+        super().__init__()
+        self.url = url
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._jobs: dict[str, JobRecord] = {}
+        self._order: dict[str, int] = {}
+        self._seq = itertools.count()
+        #: Per queue, a heap of (priority, order, token, id) of ready jobs; delayed jobs wait in a heap of
+        #: (eta, order, token, id) until due. An entry whose token is not the job's current one is stale (the
+        #: job was cancelled, purged or pushed again) and is dropped when it surfaces.
+        self._queues: dict[str, list[tuple[int, int, int, str]]] = {}
+        self._delayed: list[tuple[float, int, int, str]] = []
+        self._token: dict[str, int] = {}
+        self._running: dict[str, JobRecord] = {}
+        self._interrupts = 0
+
+    def enqueue(self, records: Sequence[JobRecord]) -> None:
+        now = time.time()
+        with self._lock:
+            for record in records:
+                stored = copy.copy(record)
+                self._jobs[record.id] = stored
+                self._order[record.id] = next(self._seq)
+                self._push(stored, now)
+            self._ready.notify(len(records))
+
+    def _push(self, record: JobRecord, now: float) -> None:
+        token = next(self._seq)
+        self._token[record.id] = token
+        order = self._order[record.id]
+        if record.eta > now:
+            heapq.heappush(self._delayed, (record.eta, order, token, record.id))
+        else:
+            heapq.heappush(
+                self._queues.setdefault(record.queue, []), (record.priority, order, token, record.id)
+            )
+
+    def dequeue(
+        self, queues: Collection[str] | None, worker: str, lease: float, timeout: float
+    ) -> JobRecord | None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            interrupts = self._interrupts
+            while True:
+                now = time.time()
+                self._recover(now)
+                next_eta = self._promote(now)
+                record = self._pick(queues)
+                if record is not None:
+                    record.status = JobStatus.RUNNING
+                    record.attempts += 1
+                    record.started_at = now
+                    record.lease_until = now + lease
+                    record.worker = worker
+                    self._running[record.id] = record
+                    return copy.copy(record)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._interrupts != interrupts:
+                    return None
+                # Wake when a delayed job falls due or a lease lapses, if no enqueue comes first.
+                for when in (next_eta, *(r.lease_until for r in self._running.values())):
+                    if when is not None:
+                        remaining = min(remaining, max(when - now, 0.001))
+                self._ready.wait(remaining)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupts += 1
+            self._ready.notify_all()
+
+    def _live(self, token: int, job_id: str) -> bool:
+        return self._token.get(job_id) == token
+
+    def _promote(self, now: float) -> float | None:
+        """Move delayed jobs that are due to their queue; return the eta of the next one still delayed."""
+        while self._delayed:
+            eta, order, token, job_id = self._delayed[0]
+            if not self._live(token, job_id):
+                heapq.heappop(self._delayed)
+                continue
+            if eta > now:
+                return eta
+            heapq.heappop(self._delayed)
+            record = self._jobs[job_id]
+            heapq.heappush(self._queues.setdefault(record.queue, []), (record.priority, order, token, job_id))
+        return None
+
+    def _pick(self, queues: Collection[str] | None) -> JobRecord | None:
+        """Pop the most urgent ready job of ``queues``: lowest priority, then oldest, across the queues."""
+        best: list[tuple[int, int, int, str]] | None = None
+        for name in self._queues if queues is None else queues:
+            heap = self._queues.get(name)
+            while heap and not self._live(heap[0][2], heap[0][3]):
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0] < best[0]):
+                best = heap
+        if best is None:
+            return None
+        _, _, _, job_id = heapq.heappop(best)
+        del self._token[job_id]
+        return self._jobs[job_id]
+
+    def _recover(self, now: float) -> None:
+        lapsed = [r for r in self._running.values() if r.lease_until is not None and r.lease_until < now]
+        for record in lapsed:
+            del self._running[record.id]
+            record.lost += 1
+            record.worker = None
+            record.lease_until = None
+            if record.lost >= MAX_LOST:
+                record.status = JobStatus.FAILED
+                record.error = LOST_ERROR
+                record.finished_at = now
+            else:
+                record.status = JobStatus.QUEUED
+                record.eta = now
+                self._push(record, now)
+
+    def _held(self, job_id: str, worker: str) -> JobRecord | None:
+        record = self._jobs.get(job_id)
+        if record is None or record.status is not JobStatus.RUNNING or record.worker != worker:
+            return None
+        return record
+
+    def renew(self, job_id: str, worker: str, lease: float) -> bool:
+        with self._lock:
+            record = self._held(job_id, worker)
+            if record is None:
+                return False
+            record.lease_until = time.time() + lease
+            return True
+
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        status: JobStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        expires_at: float | None = None,
+    ) -> JobRecord | None:
+        with self._lock:
+            record = self._held(job_id, worker)
+            if record is None:
+                return None
+            record.status = status
+            record.result = result
+            record.error = error
+            record.traceback = traceback
+            record.finished_at = time.time()
+            record.expires_at = expires_at
+            record.lease_until = None
+            del self._running[job_id]
+            finished = copy.copy(record)
+        self.finished_here(finished)
+        return finished
+
+    def fail_unrunnable(self, job_id: str, worker: str, error: str) -> JobRecord | None:
+        return self.finish(job_id, worker, JobStatus.FAILED, error=error, traceback="")
+
+    def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
+        with self._lock:
+            record = self._held(job_id, worker)
+            if record is None:
+                return False
+            record.status = JobStatus.QUEUED
+            record.eta = eta
+            record.error = error
+            record.traceback = traceback
+            record.worker = None
+            record.lease_until = None
+            del self._running[job_id]
+            self._push(record, time.time())
+            self._ready.notify()
+            return True
+
+    def release(self, job_id: str, worker: str) -> bool:
+        with self._lock:
+            record = self._held(job_id, worker)
+            if record is None:
+                return False
+            record.status = JobStatus.QUEUED
+            record.attempts -= 1
+            record.worker = None
+            record.lease_until = None
+            del self._running[job_id]
+            self._push(record, time.time())
+            self._ready.notify()
+            return True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            return None if record is None else copy.copy(record)
+
+    def cancel(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status is not JobStatus.QUEUED:
+                return False
+            record.status = JobStatus.CANCELLED
+            record.finished_at = time.time()
+            self._token.pop(job_id, None)
+            finished = copy.copy(record)
+        self.finished_here(finished)
+        return True
+
+    def requeue(self, job_id: str) -> bool:
+        with self._lock:
+            record = self._jobs.get(job_id)
+            if record is None or record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return False
+            record.status = JobStatus.QUEUED
+            record.attempts = 0
+            record.lost = 0
+            record.eta = time.time()
+            record.finished_at = None
+            record.expires_at = None
+            self._push(record, record.eta)
+            self._ready.notify()
+            return True
+
+    def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
+        now = time.time()
+        with self._lock:
+            doomed = [
+                job_id
+                for job_id, record in self._jobs.items()
+                if (queue is None or record.queue == queue)
+                and record.status is not JobStatus.RUNNING
+                and record.effective_status(now) in statuses
+            ]
+            for job_id in doomed:
+                self._forget(job_id)
+            return len(doomed)
+
+    def size(self, queue: str | None = None) -> int:
+        now = time.time()
+        with self._lock:
+            return sum(
+                1
+                for record in self._jobs.values()
+                if record.status is JobStatus.QUEUED
+                and record.eta <= now
+                and (queue is None or record.queue == queue)
+            )
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        now = time.time()
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for record in self._jobs.values():
+                by_status = counts.setdefault(record.queue, dict.fromkeys(map(str, JobStatus), 0))
+                by_status[str(record.effective_status(now))] += 1
+        return counts
+
+    def jobs(
+        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        now = time.time()
+        with self._lock:
+            chosen = [
+                record
+                for record in self._jobs.values()
+                if (status is None or record.effective_status(now) is status)
+                and (queue is None or record.queue == queue)
+            ]
+            chosen.sort(key=lambda record: self._order[record.id], reverse=True)
+            return [copy.copy(record) for record in chosen[offset : offset + limit]]
+
+    def expire(self) -> int:
+        now = time.time()
+        with self._lock:
+            doomed = [
+                job_id
+                for job_id, record in self._jobs.items()
+                if record.status in FINISHED and record.expires_at is not None and record.expires_at <= now
+            ]
+            for job_id in doomed:
+                self._forget(job_id)
+            return len(doomed)
+
+    def _forget(self, job_id: str) -> None:
+        del self._jobs[job_id]
+        del self._order[job_id]
+        self._token.pop(job_id, None)
+
+    def pending(self) -> int:
+        """Jobs not finished (queued, scheduled or running): what exiting now would lose."""
+        with self._lock:
+            return sum(1 for record in self._jobs.values() if record.status not in FINISHED)

@@ -1,0 +1,614 @@
+"""``TaskQueue``, the Flask extension, and ``Task``, what ``@tasks.task`` makes of a function.
+
+::
+
+    from flask_queue import TaskQueue
+
+    tasks = TaskQueue(app)              # TASK_QUEUE_* config; default: SQLite in app.instance_path, 2 threads
+
+    @tasks.task(retries=3, timeout=60)
+    def send_mail(to, subject): ...
+
+    job = send_mail.enqueue("a@example.com", "hi")
+    job.result(timeout=5)
+
+Tasks belong to the ``TaskQueue``; backends and workers belong to each app it is set up on (kept in
+``app.extensions["flask-queue.tasks"]``). In-process workers start at the first request or the first
+enqueue of a process, whichever comes first, never in the reloader's watching parent nor in ``flask queue``
+commands, and again in a child after a fork.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overload
+
+import click
+from flask import current_app, has_app_context
+
+from .. import signals
+from ..exceptions import ConfigurationError
+from .backends import backend_from_url
+from .backends.memory import MemoryBackend
+from .job import Job, JobRecord, JobStatus
+from .serializer import JSONSerializer, Serializer
+from .worker import Executor, StopReport, Worker
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .backends.base import Backend
+
+__all__ = ["BoundTask", "Task", "TaskQueue"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("flask_queue.tasks")
+
+EXTENSION_KEY: Final = "flask-queue.tasks"
+DEFAULT_QUEUE: Final = "default"
+
+#: Every setting, its default, and its config key (``TASK_QUEUE_<NAME>``). ``backend`` ``None``: the SQLite
+#: file ``flask_queue.sqlite3`` in the app's instance folder.
+DEFAULTS: Final[Mapping[str, Any]] = {
+    "backend": None,
+    "workers": 2,
+    "queues": None,
+    "lease": 30.0,
+    "result_ttl": 86400.0,
+    "failed_ttl": None,
+    "retry_backoff_max": 300.0,
+    "eager": False,
+    "shutdown_timeout": 10.0,
+}
+DEFAULT_SQLITE: Final = "sqlite:///flask_queue.sqlite3"
+
+
+def _check_number(
+    name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, none: bool = False
+) -> None:
+    if value is None and none:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (strict and value <= minimum):
+        relation = ">" if strict else ">="
+        allowed = " or None" if none else ""
+        raise ConfigurationError(f"{name} must be a number {relation} {minimum:g}{allowed}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class _Options:
+    queue: str
+    priority: int
+    retries: int
+    timeout: float | None
+    delay: float = 0.0
+
+
+class Task(Generic[P, R]):
+    """A function made into a task by ``@tasks.task``. Calling it runs it here, now; ``enqueue`` runs it in a
+    worker. Its options are checked when it is decorated."""
+
+    def __init__(
+        self,
+        queue: TaskQueue,
+        func: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float | None = None,
+        timeout: float | None = None,
+        queue_name: str = DEFAULT_QUEUE,
+        priority: int = 0,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"@task decorates a function, not {type(func).__name__}")
+        self.func = func
+        self.name = name if name is not None else f"{func.__module__}.{func.__qualname__}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"task name must be a non-empty string, not {self.name!r}")
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+        _check_number(f"{self.name}: retry_backoff", retry_backoff)
+        _check_number(f"{self.name}: retry_backoff_max", retry_backoff_max, none=True)
+        self._queue = queue
+        self.defaults = _make_options(self.name, queue_name, priority, retries, timeout)
+        self.__doc__ = func.__doc__
+        self.__name__ = getattr(func, "__name__", self.name)
+        self.__wrapped__ = func
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    @property
+    def queue(self) -> str:
+        return self.defaults.queue
+
+    @property
+    def priority(self) -> int:
+        return self.defaults.priority
+
+    @property
+    def retries(self) -> int:
+        return self.defaults.retries
+
+    @property
+    def timeout(self) -> float | None:
+        return self.defaults.timeout
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+    ) -> BoundTask[P, R]:
+        """This task with some options changed for the calls made through the handle returned.
+
+        ``tasks.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's
+        own argument names. Values are checked as at decoration.
+        """
+        d = self.defaults
+        return BoundTask(
+            self,
+            _make_options(
+                self.name,
+                d.queue if queue is None else queue,
+                d.priority if priority is None else priority,
+                d.retries if retries is None else retries,
+                d.timeout if timeout is None else timeout,
+            ),
+        )
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Have a worker run ``func(*args, **kwargs)``; return the job at once.
+
+        Arguments are serialized here: one JSON cannot carry raises ``TypeError`` naming it.
+        """
+        return self._queue._enqueue(self, self.defaults, [(args, kwargs)])[0]
+
+    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Like ``enqueue``, to run ``delay`` seconds from now (at the earliest)."""
+        return BoundTask(self, self.defaults).enqueue_in(delay, *args, **kwargs)
+
+    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Like ``enqueue``, to run at ``when``, an aware ``datetime`` (a naive one raises ``ValueError``)."""
+        return BoundTask(self, self.defaults).enqueue_at(when, *args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
+        """Enqueue many calls at once (one write for all): ``[(args, kwargs), ...]``; return their jobs."""
+        return self._queue._enqueue(self, self.defaults, _calls(calls))
+
+
+class BoundTask(Generic[P, R]):
+    """A task with per-call options (``task.options(...)``): the same ``enqueue*`` methods."""
+
+    def __init__(self, task: Task[P, R], options: _Options) -> None:
+        self.task = task
+        self._options = options
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return self.task._queue._enqueue(self.task, self._options, [(args, kwargs)])[0]
+
+    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
+            raise TypeError(f"enqueue_in takes a delay in seconds first, not {delay!r}")
+        options = _Options(**{**self._options.__dict__, "delay": max(float(delay), 0.0)})
+        return self.task._queue._enqueue(self.task, options, [(args, kwargs)])[0]
+
+    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
+        if not isinstance(when, dt.datetime):
+            raise TypeError(f"enqueue_at takes a datetime first, not {type(when).__name__}")
+        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+            raise ValueError(
+                f"enqueue_at needs an aware datetime (with a time zone), not {when!r}: a naive one is ambiguous"
+                " between processes; use datetime.now(timezone.utc) + timedelta(...)"
+            )
+        return self.enqueue_in(max(when.timestamp() - time.time(), 0.0), *args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
+        return self.task._queue._enqueue(self.task, self._options, _calls(calls))
+
+
+def _calls(
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+) -> list[tuple[Sequence[Any], Mapping[str, Any]]]:
+    checked = []
+    for index, call in enumerate(calls):
+        if not (isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)):
+            raise TypeError(f"enqueue_many: call {index} must be an (args, kwargs) pair, not {call!r}")
+        args, kwargs = call
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise TypeError(f"enqueue_many: call {index}'s args must be a list or tuple, not {args!r}")
+        checked.append((args, kwargs))
+    return checked
+
+
+def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"{name}: queue must be a non-empty string, not {queue!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"{name}: priority must be an integer (lower runs first), not {priority!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(
+            f"{name}: retries must be an integer >= 0 (attempts after the first), not {retries!r}"
+        )
+    _check_number(f"{name}: timeout", timeout, strict=True, none=True)
+    return _Options(queue, priority, retries, None if timeout is None else float(timeout))
+
+
+@dataclass(eq=False)
+class _AppState:
+    """What a ``TaskQueue`` keeps per app: its settings, backend and in-process worker."""
+
+    app: Flask
+    settings: dict[str, Any]
+    backend: Backend
+    executor: Executor
+    pid: int = field(default_factory=os.getpid)
+    worker: Worker | None = None
+    #: In-process workers are not started here (``flask queue ...`` commands, ``workers=0``).
+    no_workers: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class TaskQueue:
+    """Background tasks for a Flask app: ``@tasks.task`` functions, run by workers from a backend.
+
+    Every constructor argument is the default of a ``TASK_QUEUE_<NAME>`` config key read in ``init_app``:
+    ``backend`` (URL; default ``sqlite:///flask_queue.sqlite3`` in the instance folder), ``workers`` (threads
+    per process; 0 for none, e.g. with ``flask queue worker``), ``queues`` (names the in-process workers take;
+    ``None`` for all), ``lease`` (seconds), ``result_ttl`` / ``failed_ttl`` (seconds a succeeded / failed job
+    is kept; ``None``: for ever), ``retry_backoff_max``, ``eager`` (run each job inline at enqueue, for
+    tests) and ``shutdown_timeout`` (seconds a drain waits for running jobs at exit).
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, serializer: Serializer | None = None, **defaults: Any
+    ) -> None:
+        unknown = set(defaults) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"TaskQueue() got unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        self.defaults = {**DEFAULTS, **defaults}
+        self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
+        self.tasks: dict[str, Task[..., Any]] = {}
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    # -- set-up --------------------------------------------------------------------------------------------
+
+    def init_app(self, app: Flask) -> None:
+        """Set up the queue on ``app``: read its config, open its backend. Raises ``RuntimeError`` if done twice,
+        ``ConfigurationError`` for a bad setting, ``BackendError`` for a backend it cannot use."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                f"a TaskQueue is already set up on app {app.name!r}; init_app runs once per app"
+            )
+        settings = {
+            name: app.config.setdefault(f"TASK_QUEUE_{name.upper()}", value)
+            for name, value in self.defaults.items()
+        }
+        _check_settings(settings)
+        url = settings["backend"] or DEFAULT_SQLITE
+        backend = backend_from_url(url, base_dir=app.instance_path)
+        executor = Executor(
+            app=app,
+            backend=backend,
+            tasks=self.tasks,
+            serializer=self.serializer,
+            result_ttl=settings["result_ttl"],
+            failed_ttl=settings["failed_ttl"],
+            retry_backoff_max=settings["retry_backoff_max"],
+            immediate_retries=bool(settings["eager"]),
+        )
+        state = _AppState(app=app, settings=settings, backend=backend, executor=executor)
+        state.no_workers = settings["workers"] == 0 or bool(settings["eager"])
+        app.extensions[EXTENSION_KEY] = state
+        self._apps.add(app)
+        app.before_request(lambda: self._ensure_started(state))
+        from ..cli import queue_command
+
+        if "queue" not in app.cli.commands:
+            app.cli.add_command(queue_command)
+        _AT_EXIT.add(state)
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = ...,
+        retries: int = ...,
+        retry_backoff: float = ...,
+        retry_backoff_max: float | None = ...,
+        timeout: float | None = ...,
+        queue: str = ...,
+        priority: int = ...,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float | None = None,
+        timeout: float | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+    ) -> Any:
+        """Make a function a task: ``@tasks.task`` or ``@tasks.task(name=..., retries=..., ...)``.
+
+        ``name`` (default: ``module.qualname``) is what a job records, so keep it stable across deploys;
+        ``retries`` attempts after the first; ``retry_backoff`` seconds before the first retry, doubled each
+        time with full jitter, at most ``retry_backoff_max`` (default ``TASK_QUEUE_RETRY_BACKOFF_MAX``);
+        ``timeout`` seconds an attempt may run; ``queue`` and ``priority`` (lower runs first). Bad values raise
+        ``ValueError`` here, at decoration.
+        """
+
+        def decorate(func: Callable[P, R]) -> Task[P, R]:
+            task = Task(
+                self,
+                func,
+                name=name,
+                retries=retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                timeout=timeout,
+                queue_name=queue,
+                priority=priority,
+            )
+            if task.name in self.tasks and self.tasks[task.name].func is not func:
+                raise ValueError(f"two tasks are named {task.name!r}; give one of them name=...")
+            self.tasks[task.name] = task
+            return task
+
+        return decorate if func is None else decorate(func)
+
+    # -- which app -----------------------------------------------------------------------------------------
+
+    def _state(self, app: Flask | None = None) -> _AppState:
+        if app is None:
+            if has_app_context() and EXTENSION_KEY in current_app.extensions:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+            else:
+                apps = list(self._apps)
+                if len(apps) != 1:
+                    raise RuntimeError(
+                        "this TaskQueue is set up on no app yet (call tasks.init_app(app))"
+                        if not apps
+                        else "this TaskQueue serves several apps: enqueue inside an app context (with app.app_context())"
+                    )
+                app = apps[0]
+        state: _AppState | None = app.extensions.get(EXTENSION_KEY)
+        if state is None or app not in self._apps:
+            raise RuntimeError(
+                f"no TaskQueue is set up on app {app.name!r}: did you forget tasks.init_app(app)?"
+            )
+        if state.pid != os.getpid():
+            self._after_fork(state)
+        return state
+
+    def backend(self, app: Flask | None = None) -> Backend:
+        """The backend of ``app`` (default: the current app, or the only one)."""
+        return self._state(app).backend
+
+    # -- enqueue -------------------------------------------------------------------------------------------
+
+    def _enqueue(
+        self,
+        task: Task[Any, Any],
+        options: _Options,
+        calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
+    ) -> list[Job]:
+        state = self._state()
+        now = time.time()
+        eager = bool(state.settings["eager"])
+        records = [
+            JobRecord(
+                id=uuid.uuid4().hex,
+                task=task.name,
+                queue=options.queue,
+                payload=self.serializer.dumps_call(task.name, args, kwargs),
+                priority=options.priority,
+                retries=options.retries,
+                timeout=options.timeout,
+                eta=now if eager else now + options.delay,
+                enqueued_at=now,
+            )
+            for args, kwargs in calls
+        ]
+        if not records:
+            return []
+        state.backend.enqueue(records)
+        jobs = [Job(record.id, state.backend, record) for record in records]
+        if signals.task_enqueued.receivers:
+            for job in jobs:
+                signals.task_enqueued.send(state.app, job=job)
+        if eager:
+            self._drain(state)
+        else:
+            self._ensure_started(state)
+        return jobs
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id, or ``None`` if there is none (any more)."""
+        backend = self._state().backend
+        record = backend.get(job_id)
+        return None if record is None else Job(job_id, backend, record)
+
+    def size(self, queue: str | None = None) -> int:
+        """Jobs ready to run now in ``queue``, or in every queue."""
+        return self._state().backend.size(queue)
+
+    def stats(self) -> dict[str, Any]:
+        """Plain data: the backend, ``{queue: {status: count}}`` and this process's workers."""
+        state = self._state()
+        worker = state.worker
+        return {
+            "backend": state.backend.url,
+            "queues": state.backend.counts(),
+            "workers": {
+                "threads": 0 if worker is None else worker.threads,
+                "running": 0 if worker is None else worker.running,
+                "processed": 0 if worker is None else worker.processed,
+            },
+        }
+
+    # -- workers -------------------------------------------------------------------------------------------
+
+    def start(self, app: Flask | None = None) -> None:
+        """Start this process's workers now (they otherwise start at the first request or enqueue)."""
+        self._ensure_started(self._state(app), explicit=True)
+
+    def _ensure_started(self, state: _AppState, explicit: bool = False) -> None:
+        if state.worker is not None and state.pid == os.getpid():
+            return
+        if state.pid != os.getpid():
+            self._after_fork(state)
+        if state.no_workers or (not explicit and _in_reloader_parent()):
+            return
+        with state.lock:
+            if state.worker is not None:
+                return
+            worker = Worker(
+                state.executor,
+                threads=state.settings["workers"],
+                queues=state.settings["queues"],
+                lease=state.settings["lease"],
+                name="web",
+            )
+            worker.start()
+            state.worker = worker
+
+    def _after_fork(self, state: _AppState) -> None:
+        # The parent's threads do not exist here, and its connections must not be used: start afresh.
+        state.pid = os.getpid()
+        state.worker = None
+        state.lock = threading.Lock()
+        state.backend.after_fork()
+
+    def shutdown(self, timeout: float | None = None, app: Flask | None = None) -> StopReport:
+        """Drain and stop this process's workers: running jobs get ``timeout`` seconds (default
+        ``shutdown_timeout``) to finish; those still running are given back to the queue."""
+        state = self._state(app)
+        return _shutdown(state, timeout)
+
+    def drain(self, app: Flask | None = None, *, queue: str | None = None) -> int:
+        """Run every job ready now (and those they enqueue) in the calling thread; return how many ran.
+
+        For tests: jobs run one after the other, retries are due at once, timeouts are not enforced, and jobs
+        scheduled for later stay scheduled.
+        """
+        return self._drain(self._state(app), queue)
+
+    def _drain(self, state: _AppState, queue: str | None = None) -> int:
+        executor = state.executor
+        drainer = Executor(**{**executor.__dict__, "immediate_retries": True})
+        worker = f"drain:{os.getpid()}:{threading.get_ident()}"
+        ran = 0
+        while True:
+            record = state.backend.dequeue(
+                None if queue is None else (queue,), worker, state.settings["lease"], 0.0
+            )
+            if record is None:
+                return ran
+            drainer.run(record, worker)
+            ran += 1
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The status of the job with this id, or ``None`` if there is none."""
+        job = self.get_job(job_id)
+        return None if job is None else job.record.effective_status()
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    workers = settings["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigurationError(f"TASK_QUEUE_WORKERS must be an integer >= 0, not {workers!r}")
+    _check_number("TASK_QUEUE_LEASE", settings["lease"], minimum=0.0, strict=True)
+    _check_number("TASK_QUEUE_RESULT_TTL", settings["result_ttl"], none=True)
+    _check_number("TASK_QUEUE_FAILED_TTL", settings["failed_ttl"], none=True)
+    _check_number("TASK_QUEUE_RETRY_BACKOFF_MAX", settings["retry_backoff_max"])
+    _check_number("TASK_QUEUE_SHUTDOWN_TIMEOUT", settings["shutdown_timeout"])
+    queues = settings["queues"]
+    if queues is not None:
+        if isinstance(queues, str):
+            queues = settings["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
+        if not queues or not all(isinstance(name, str) and name for name in queues):
+            raise ConfigurationError(
+                f"TASK_QUEUE_QUEUES must be None or a list of queue names, not {queues!r}"
+            )
+
+
+def _in_reloader_parent() -> bool:
+    """Whether this is the process of ``flask run --reload`` that only watches files (it never serves)."""
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None:
+        if ctx.info_name == "run" and ctx.params.get("reload"):
+            return True
+        ctx = ctx.parent
+    return False
+
+
+def _shutdown(state: _AppState, timeout: float | None) -> StopReport:
+    with state.lock:
+        worker, state.worker = state.worker, None
+    if worker is None or state.pid != os.getpid():
+        report = StopReport()
+    else:
+        report = worker.stop(state.settings["shutdown_timeout"] if timeout is None else timeout)
+    if isinstance(state.backend, MemoryBackend):
+        report.unfinished = state.backend.pending()
+        if report.unfinished:
+            log.warning(
+                "%d job(s) of memory:// were not run and are lost with this process (use a durable backend,"
+                " or tasks.drain() before exit)",
+                report.unfinished,
+            )
+    return report
+
+
+class _AtExit:
+    """Drains the workers of every live app when the interpreter exits (after SIGTERM too, where the server
+    turns it into a normal exit, as gunicorn and waitress do)."""
+
+    def __init__(self) -> None:
+        self._states: weakref.WeakSet[_AppState] = weakref.WeakSet()
+        self._registered = False
+
+    def add(self, state: _AppState) -> None:
+        self._states.add(state)
+        if not self._registered:
+            self._registered = True
+            atexit.register(self.run)
+
+    def run(self) -> None:
+        for state in list(self._states):
+            _shutdown(state, None)
+
+
+_AT_EXIT = _AtExit()

@@ -1,0 +1,83 @@
+"""How a job's arguments and result are turned into text for a backend, and back.
+
+JSON is the only serializer built in. Pickle is not offered as a default on purpose: whoever can write to a
+shared backend could then run code in every worker. A ``Serializer`` is anything with the two methods
+below; pass one as ``TaskQueue(serializer=...)`` to carry other types (and own the risk).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+__all__ = ["JSONSerializer", "Serializer"]
+
+
+class Serializer(Protocol):
+    def dumps_call(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        """The text of a call's arguments. Raises ``TypeError`` naming the argument that cannot be carried."""
+        ...
+
+    def loads_call(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
+        """``(args, kwargs)`` back from ``dumps_call``'s text. Raises ``ValueError`` if the text is corrupt."""
+        ...
+
+    def dumps_result(self, value: Any) -> str:
+        """The text of a task's return value. Raises ``TypeError`` if it cannot be carried."""
+        ...
+
+
+class JSONSerializer:
+    """Arguments and results as JSON: ``str``, ``int``, ``float``, ``bool``, ``None``, lists and dicts with
+    string keys. Tuples arrive as lists. Anything else raises ``TypeError`` at enqueue, in the caller."""
+
+    def dumps_call(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        try:
+            return json.dumps({"args": list(args), "kwargs": dict(kwargs)}, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise _name_the_argument(task, args, kwargs) from exc
+
+    def loads_call(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
+        try:
+            data = json.loads(payload)
+        except ValueError as exc:
+            raise ValueError(f"the job's arguments are not valid JSON: {exc}") from None
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("args"), list)
+            or not isinstance(data.get("kwargs"), dict)
+        ):
+            raise ValueError("the job's arguments are not an object with 'args' (list) and 'kwargs' (object)")
+        return data["args"], data["kwargs"]
+
+    def dumps_result(self, value: Any) -> str:
+        try:
+            return json.dumps(value, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"the task returned {type(value).__name__}, which JSON cannot carry: {exc}; return plain data"
+            ) from None
+
+
+def _name_the_argument(task: str, args: Sequence[Any], kwargs: Mapping[Any, Any]) -> TypeError:
+    """The ``TypeError`` to raise: which argument of which task JSON could not carry, and why."""
+    for index, value in enumerate(args):
+        problem = _problem(value)
+        if problem:
+            return TypeError(f"{task}: positional argument {index} {problem}")
+    for name, value in kwargs.items():
+        if not isinstance(name, str):
+            return TypeError(f"{task}: keyword argument names must be strings, not {name!r}")
+        problem = _problem(value)
+        if problem:
+            return TypeError(f"{task}: argument {name!r} {problem}")
+    return TypeError(f"{task}: the arguments cannot be serialized as JSON")
+
+
+def _problem(value: Any) -> str:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        return f"({type(value).__name__}) cannot be serialized as JSON: {exc}; pass plain data (or an id)"
+    return ""

@@ -1,0 +1,322 @@
+"""Where a job gets leased and run: ``Worker`` owns threads and leases; ``Executor`` runs one job.
+
+A ``Worker`` runs ``threads`` threads that each take a job from the backend (``dequeue`` leases it), run it
+through the ``Executor`` and record the outcome, plus one keeper thread that renews the leases of running
+jobs every third of the lease, stops jobs that outlive their ``timeout``, and deletes expired results. The
+same ``Worker`` serves in-process (``TaskQueue(workers=N)``) and in ``flask queue worker``.
+
+``stop(timeout)`` drains: no new job is taken; running jobs get until the deadline to finish; a job still
+running then is given back to the backend (``release``) so another worker runs it at once rather than after
+its lease lapses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback as tb
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import signals
+from ..exceptions import JobTimeout
+from .job import Job, JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .backends.base import Backend
+    from .queue import Task
+    from .serializer import Serializer
+
+__all__ = ["Executor", "StopReport", "Worker"]
+
+log = logging.getLogger("flask_queue.tasks")
+
+#: Seconds between deletions of expired results by a worker's keeper.
+EXPIRE_INTERVAL = 60.0
+
+
+@dataclass
+class Executor:
+    """Runs leased jobs: finds the task, decodes the arguments, calls it in an app context, records the end.
+
+    A job that cannot run (a task this process does not know, arguments that do not decode) fails at once
+    with an error that says so and stays inspectable; nothing a job does can kill its worker thread.
+    """
+
+    app: Flask
+    backend: Backend
+    tasks: Mapping[str, Task[..., Any]]
+    serializer: Serializer
+    result_ttl: float | None
+    failed_ttl: float | None
+    retry_backoff_max: float
+    #: Eager mode and ``drain()``: retries are due at once instead of after their backoff.
+    immediate_retries: bool = False
+
+    def run(
+        self,
+        record: JobRecord,
+        worker: str,
+        guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
+        """Run a job ``worker`` has leased and record its outcome; ``guard`` is entered around the task's call
+        (the worker's timeout)."""
+        job = Job(record.id, self.backend, record)
+        task = self.tasks.get(record.task)
+        if task is None:
+            self._unrunnable(
+                record,
+                worker,
+                f"UnknownTask: no task named {record.task!r} is defined in this process (is this worker running"
+                " older or newer code than the process that enqueued it?)",
+            )
+            return
+        try:
+            args, kwargs = self.serializer.loads_call(record.payload)
+        except ValueError as exc:
+            self._unrunnable(record, worker, f"CorruptPayload: {exc}")
+            return
+        self._send(signals.task_started, job)
+        try:
+            with guard(), self.app.app_context():
+                value = task.func(*args, **kwargs)
+            result = self.serializer.dumps_result(value)
+        except Exception as exc:
+            self._failed(record, worker, job, exc, tb.format_exc())
+        else:
+            expires = None if self.result_ttl is None else time.time() + self.result_ttl
+            if self.backend.finish(record.id, worker, JobStatus.SUCCEEDED, result=result, expires_at=expires):
+                self._send(signals.task_succeeded, job, result=value)
+            else:
+                log.warning(
+                    "job %s (%s) finished after its worker lost the lease: outcome dropped", job.id, task.name
+                )
+
+    def _failed(self, record: JobRecord, worker: str, job: Job, exc: Exception, trace: str) -> None:
+        if isinstance(exc, JobTimeout):
+            error = f"JobTimeout: the task ran longer than its timeout of {record.timeout} s"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        failures = record.attempts - record.lost
+        if failures <= record.retries:
+            delay = 0.0 if self.immediate_retries else self.backoff(record.task, failures)
+            if self.backend.retry_later(record.id, worker, time.time() + delay, error, trace):
+                log.info("job %s (%s) failed, retry %d of %d in %.1f s: %s", job.id, record.task, failures,
+                         record.retries, delay, error)  # fmt: skip
+                self._send(signals.task_retried, job, exception=exc, delay=delay)
+            return
+        expires = None if self.failed_ttl is None else time.time() + self.failed_ttl
+        if self.backend.finish(
+            record.id, worker, JobStatus.FAILED, error=error, traceback=trace, expires_at=expires
+        ):
+            log.error("job %s (%s) failed after %d attempt(s): %s\n%s", job.id, record.task, record.attempts,
+                      error, trace)  # fmt: skip
+            self._send(signals.task_failed, job, exception=exc)
+
+    def backoff(self, task_name: str, failures: int) -> float:
+        """Seconds before retry number ``failures``: the task's base doubled each time, full jitter, capped."""
+        task = self.tasks.get(task_name)
+        base = task.retry_backoff if task is not None else 1.0
+        cap = (
+            task.retry_backoff_max
+            if task is not None and task.retry_backoff_max is not None
+            else self.retry_backoff_max
+        )
+        return random.uniform(0.0, min(cap, base * 2.0 ** (failures - 1)))
+
+    def _unrunnable(self, record: JobRecord, worker: str, error: str) -> None:
+        log.error("job %s cannot run: %s", record.id, error)
+        if self.backend.fail_unrunnable(record.id, worker, error):
+            self._send(signals.task_failed, Job(record.id, self.backend, record), exception=None)
+
+    def _send(self, signal: Any, job: Job, **extra: Any) -> None:
+        if not signal.receivers:
+            return
+        try:
+            signal.send(self.app, job=job, **extra)
+        except Exception:
+            log.exception("a receiver of %s raised; the job is not affected", signal.name)
+
+
+@dataclass
+class StopReport:
+    """What a drain left: jobs still running at the deadline (given back to the backend) and still waiting."""
+
+    released: int = 0
+    unfinished: int = 0
+
+
+class _Running:
+    __slots__ = ("deadline", "record", "thread_id", "timed_out")
+
+    def __init__(self, record: JobRecord, thread_id: int) -> None:
+        self.record = record
+        self.thread_id = thread_id
+        #: Set while the task's own code runs, if it has a timeout: the keeper may interrupt it until then.
+        self.deadline: float | None = None
+        self.timed_out = False
+
+
+class Worker:
+    """Threads that run the jobs of ``queues`` (``None``: all) from ``executor.backend``.
+
+    Thread-safe; ``start`` once, ``stop`` once. Threads are daemons so that they never hold the interpreter
+    open by themselves: whoever owns the worker calls ``stop`` (``TaskQueue`` does it at exit).
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        threads: int = 1,
+        queues: Collection[str] | None = None,
+        lease: float = 30.0,
+        name: str = "worker",
+    ) -> None:
+        self.executor = executor
+        self.backend = executor.backend
+        self.threads = threads
+        self.queues = None if queues is None else frozenset(queues)
+        self.lease = lease
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{name}:{uuid.uuid4().hex[:8]}"
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._threads: list[threading.Thread] = []
+        self._keeper: threading.Thread | None = None
+        self._keeper_wake = threading.Event()
+        self.processed = 0
+
+    @property
+    def running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def start(self) -> None:
+        for index in range(self.threads):
+            thread = threading.Thread(target=self._work, name=f"flask-queue-{index}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._keeper = threading.Thread(target=self._keep, name="flask-queue-keeper", daemon=True)
+        self._keeper.start()
+
+    def stop(self, timeout: float | None = 10.0) -> StopReport:
+        """Stop taking jobs, wait up to ``timeout`` seconds for running ones, give back those still running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stopping.set()
+        self.backend.interrupt()
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        report = StopReport()
+        with self._lock:
+            stuck = list(self._running.values())
+        for running in stuck:
+            if self.backend.release(running.record.id, self.id):
+                report.released += 1
+                log.warning("job %s (%s) still running at shutdown: given back to the queue", running.record.id,
+                            running.record.task)  # fmt: skip
+        self._keeper_wake.set()
+        if self._keeper is not None:
+            self._keeper.join(5.0)
+        return report
+
+    def _work(self) -> None:
+        wait = max(min(self.lease / 3.0, 1.0), 0.05)
+        while not self._stopping.is_set():
+            try:
+                record = self.backend.dequeue(self.queues, self.id, self.lease, wait)
+            except Exception:
+                log.exception("the task backend failed to hand out a job; retrying in 1 s")
+                self._stopping.wait(1.0)
+                continue
+            if record is None:
+                continue
+            self.run(record)
+
+    def run(self, record: JobRecord) -> None:
+        """Run one leased job in this thread, with its lease renewed and its timeout enforced."""
+        running = _Running(record, threading.get_ident())
+        with self._lock:
+            self._running[record.id] = running
+        try:
+            self.executor.run(record, self.id, lambda: self._time_limit(running))
+        except BaseException:
+            log.exception(
+                "job %s: unexpected error in the worker itself; the job's lease will lapse", record.id
+            )
+        finally:
+            with self._lock:
+                del self._running[record.id]
+            self.processed += 1
+
+    @contextmanager
+    def _time_limit(self, running: _Running) -> Iterator[None]:
+        """Let the keeper interrupt the task's code (and only it) once it runs past its timeout."""
+        if running.record.timeout is None:
+            yield
+            return
+        with self._lock:
+            running.deadline = time.monotonic() + running.record.timeout
+        try:
+            yield
+        finally:
+            with self._lock:
+                running.deadline = None
+                timed_out = running.timed_out
+            if timed_out:
+                # The keeper's exception may still be pending (it fires at the thread's next Python
+                # instruction): clear it, so that it cannot hit the worker's own bookkeeping.
+                _raise_in_thread(running.thread_id, None)
+        if timed_out:
+            raise JobTimeout()
+
+    def _keep(self) -> None:
+        """Renew leases, enforce timeouts, expire results, until the worker stops."""
+        renew_every = self.lease / 3.0
+        next_renew = time.monotonic() + renew_every
+        next_expire = time.monotonic()
+        while not self._stopping.is_set() or self._threads_alive():
+            now = time.monotonic()
+            with self._lock:
+                running = list(self._running.values())
+                for job in running:
+                    if job.deadline is not None and now >= job.deadline and not job.timed_out:
+                        job.timed_out = True
+                        _raise_in_thread(job.thread_id, JobTimeout)
+            if now >= next_renew:
+                next_renew = now + renew_every
+                for job in running:
+                    try:
+                        if not self.backend.renew(job.record.id, self.id, self.lease):
+                            log.warning("job %s lost its lease (it ran past it unrenewed); another worker may run it",
+                                        job.record.id)  # fmt: skip
+                    except Exception:
+                        log.exception("could not renew the lease of job %s", job.record.id)
+            if now >= next_expire and not self._stopping.is_set():
+                next_expire = now + EXPIRE_INTERVAL
+                try:
+                    self.backend.expire()
+                except Exception:
+                    log.exception("could not delete expired results")
+            pause = min(renew_every, 0.1) if running else min(renew_every, 1.0)
+            self._keeper_wake.wait(pause)
+
+    def _threads_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+    """Raise ``exc_type`` in a thread at its next Python instruction (not inside a blocking C call); ``None``
+    clears an exception set so but not raised yet."""
+    exc = ctypes.py_object(exc_type) if exc_type is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)

@@ -1,0 +1,208 @@
+"""The worker: jobs that cannot run, leases, drain at shutdown, lazy start."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import click
+import pytest
+
+from flask_queue import JobStatus, TaskFailed
+from flask_queue.tasks.job import JobRecord
+
+from .conftest import MakeQueue
+
+
+def _raw_job(task: str, payload: str) -> JobRecord:
+    now = time.time()
+    return JobRecord(
+        id=uuid.uuid4().hex, task=task, queue="default", payload=payload, eta=now, enqueued_at=now
+    )
+
+
+def test_a_job_naming_an_unknown_task_fails_and_the_worker_goes_on(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1)
+
+    @tasks.task
+    def known() -> str:
+        return "still working"
+
+    backend = tasks.backend(app)
+    stranger = _raw_job("deploy.skew.task", '{"args":[],"kwargs":{}}')
+    backend.enqueue([stranger])
+    with app.app_context():
+        after = known.enqueue()
+    with pytest.raises(TaskFailed, match=r"UnknownTask: no task named 'deploy\.skew\.task'") as failed:
+        tasks.get_job(stranger.id).result(timeout=30)  # type: ignore[union-attr]
+    assert "older or newer code" in failed.value.error
+    assert after.result(timeout=30) == "still working"
+    assert tasks.get_job(stranger.id).status is JobStatus.FAILED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("payload", ["{not json", '["a list"]', '{"args": 1, "kwargs": {}}'])
+def test_a_corrupt_payload_fails_the_job_with_a_clear_error(make_queue: MakeQueue, payload: str) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task(retries=3)
+    def target() -> None: ...
+
+    corrupt = _raw_job(target.name, payload)
+    tasks.backend(app).enqueue([corrupt])
+    with app.app_context():
+        assert tasks.drain() == 1
+        job = tasks.get_job(corrupt.id)
+    assert job is not None
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None
+    assert job.error.startswith("CorruptPayload: the job's arguments")
+    assert job.record.attempts == 1  # not retried: it can never succeed
+
+
+def test_a_running_jobs_lease_is_renewed(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1, lease=0.3)
+    started, release = threading.Event(), threading.Event()
+
+    @tasks.task
+    def long() -> str:
+        started.set()
+        release.wait(30)
+        return "done"
+
+    with app.app_context():
+        job = long.enqueue()
+    assert started.wait(30)
+    first = job.refresh().lease_until
+    assert first is not None
+    deadline = time.monotonic() + 30
+    while (job.refresh().lease_until or 0) <= first:
+        assert time.monotonic() < deadline, "the lease was never renewed"
+        time.sleep(0.02)
+    release.set()
+    assert job.result(timeout=30) == "done"
+    assert (job.record.attempts, job.record.lost) == (1, 0)
+
+
+def test_shutdown_gives_back_a_job_still_running_at_the_deadline(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    @tasks.task
+    def stuck() -> None:
+        started.set()
+        release.wait(30)
+
+    with app.app_context():
+        job = stuck.enqueue()
+    assert started.wait(30)
+    report = tasks.shutdown(timeout=0.05, app=app)
+    release.set()
+    assert report.released == 1
+    record = job.refresh()
+    assert record.status is JobStatus.QUEUED
+    assert record.attempts == 0
+
+
+def test_shutdown_waits_for_running_jobs_to_finish(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=2)
+    started = threading.Barrier(3)
+
+    @tasks.task
+    def short(n: int) -> int:
+        started.wait(30)
+        time.sleep(0.05)
+        return n
+
+    with app.app_context():
+        jobs = [short.enqueue(n) for n in range(2)]
+    started.wait(30)
+    report = tasks.shutdown(timeout=30, app=app)
+    assert report.released == 0
+    assert [job.result(timeout=0) for job in jobs] == [0, 1]
+
+
+def test_memory_jobs_left_at_shutdown_are_reported(
+    make_queue: MakeQueue, backend_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend_kind != "memory":
+        pytest.skip("only memory:// loses jobs at exit")
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def pending() -> None: ...
+
+    with app.app_context():
+        pending.enqueue()
+        pending.enqueue_in(60)
+    with caplog.at_level(logging.WARNING, logger="flask_queue.tasks"):
+        report = tasks.shutdown(app=app)
+    assert report.unfinished == 2
+    assert "2 job(s) of memory:// were not run" in caplog.text
+
+
+def test_workers_start_at_the_first_request(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1)
+    app.add_url_rule("/", "index", lambda: "ok")
+    assert tasks.stats()["workers"]["threads"] == 0
+    app.test_client().get("/")
+    assert tasks.stats()["workers"]["threads"] == 1
+
+
+def test_workers_do_not_start_in_the_reloaders_watching_process(
+    make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, tasks = make_queue(workers=1)
+
+    @tasks.task
+    def noop() -> None: ...
+
+    monkeypatch.delenv("WERKZEUG_RUN_MAIN", raising=False)
+    run = click.Command("run", params=[click.Option(["--reload/--no-reload"])])
+    with click.Context(run, info_name="run") as ctx:
+        ctx.params["reload"] = True
+        with app.app_context():
+            job = noop.enqueue()
+        assert tasks.stats()["workers"]["threads"] == 0
+        monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")  # the reloader's child serves: it runs jobs
+        app.test_client().get("/")
+        assert job.result(timeout=30) is None
+
+
+def test_workers_zero_runs_nothing_in_process(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def noop() -> None: ...
+
+    with app.app_context():
+        job = noop.enqueue()
+        tasks.start()
+    assert tasks.stats()["workers"]["threads"] == 0
+    assert job.status is JobStatus.QUEUED
+
+
+def test_a_raising_signal_receiver_does_not_affect_the_job(
+    make_queue: MakeQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flask_queue import signals
+
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def fine() -> int:
+        return 7
+
+    def broken_receiver(sender: object, **extra: object) -> None:
+        raise RuntimeError("metrics are down")
+
+    with (
+        signals.task_started.connected_to(broken_receiver),
+        caplog.at_level(logging.ERROR),
+        app.app_context(),
+    ):
+        job = fine.enqueue()
+        tasks.drain()
+    assert job.result(timeout=0) == 7
+    assert "a receiver of task-started raised" in caplog.text
