@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overl
 
 import click
 from flask import current_app, has_app_context
+from flask.helpers import get_debug_flag
 
 from .. import signals
 from ..exceptions import ConfigurationError
@@ -568,8 +569,10 @@ def _in_reloader_parent() -> bool:
         return False
     ctx = click.get_current_context(silent=True)
     while ctx is not None:
-        if ctx.info_name == "run" and ctx.params.get("reload"):
-            return True
+        if ctx.info_name == "run":
+            reload = ctx.params.get("reload")
+            # Unset, it follows --debug (flask run decides so only after loading the app).
+            return bool(get_debug_flag() if reload is None else reload)
         ctx = ctx.parent
     return False
 

@@ -1,0 +1,109 @@
+"""``flask queue ...`` through Flask's CLI runner."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask
+
+from flask_queue import JobStatus
+
+from .conftest import MakeQueue
+
+
+def _failed_job(app: Flask, tasks: object) -> str:
+    with app.app_context():
+        job = app.extensions["flask-queue.tasks"].executor.tasks["fails"].enqueue()
+        tasks.drain()  # type: ignore[attr-defined]
+        return str(job.id)
+
+
+def test_status_prints_the_counts(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def noop() -> None: ...
+
+    with app.app_context():
+        noop.enqueue()
+        noop.options(queue="mail").enqueue_in(60)
+    result = app.test_cli_runner().invoke(args=["queue", "status"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].split() == ["queue", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"]
+    assert lines[2].split() == ["default", "1", "0", "0", "0", "0", "0"]
+    assert lines[3].split() == ["mail", "0", "1", "0", "0", "0", "0"]
+    as_json = json.loads(app.test_cli_runner().invoke(args=["queue", "status", "--json"]).output)
+    assert as_json["queues"]["mail"]["scheduled"] == 1
+
+
+def test_retry_runs_failed_jobs_again(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task(name="fails")
+    def fails() -> None:
+        raise RuntimeError("down")
+
+    first, second = _failed_job(app, tasks), _failed_job(app, tasks)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["queue", "retry", first])
+    assert result.exit_code == 0, result.output
+    assert "1 job(s) queued again" in result.output
+    with app.app_context():
+        assert tasks.get_job(first).status is JobStatus.QUEUED  # type: ignore[union-attr]
+        assert tasks.get_job(second).status is JobStatus.FAILED  # type: ignore[union-attr]
+    result = runner.invoke(args=["queue", "retry", "--failed"])
+    assert "1 job(s) queued again" in result.output
+    missing = runner.invoke(args=["queue", "retry", "nope", first])
+    assert missing.exit_code == 1
+    assert "nope: not retried: no such job" in missing.output
+    assert f"{first}: not retried: it is queued" in missing.output
+    assert runner.invoke(args=["queue", "retry"]).exit_code == 2
+
+
+def test_purge_deletes_waiting_jobs_of_a_queue(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def noop() -> None: ...
+
+    with app.app_context():
+        noop.enqueue()
+        noop.enqueue_in(60)
+        noop.options(queue="kept").enqueue()
+    runner = app.test_cli_runner()
+    refused = runner.invoke(args=["queue", "purge", "default"], input="n\n")
+    assert refused.exit_code == 1
+    result = runner.invoke(args=["queue", "purge", "default", "--yes"])
+    assert "2 job(s) deleted from 'default'" in result.output
+    with app.app_context():
+        assert tasks.size() == 1
+
+
+def test_worker_burst_runs_the_ready_jobs_and_exits(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+    ran: list[int] = []
+
+    @tasks.task
+    def note(n: int) -> None:
+        ran.append(n)
+
+    with app.app_context():
+        note.enqueue_many([((n,), {}) for n in range(5)])
+        note.options(queue="elsewhere").enqueue(99)
+    result = app.test_cli_runner().invoke(
+        args=["queue", "worker", "--burst", "--threads", "2", "-q", "default"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    assert "stopped after 5 job(s)" in result.output
+
+
+def test_commands_without_a_task_queue_say_so() -> None:
+    from flask_queue.cli import queue_command
+
+    app = Flask(__name__)
+    app.cli.add_command(queue_command)
+    result = app.test_cli_runner().invoke(args=["queue", "status"])
+    assert result.exit_code == 1
+    assert "this app has no TaskQueue" in result.output

@@ -1,0 +1,240 @@
+"""The task queue across real processes: ``flask queue worker``, SIGKILL mid-job, gunicorn, the reloader."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from flask_queue import TaskQueue
+from tests.servers._live import free_port, gunicorn_has_no_control_socket
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.tasks.procs_app"
+WAIT = 60.0
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.db = tmp_path / "queue.sqlite3"
+        self.runs = tmp_path / "runs.txt"
+        self.logs = tmp_path
+        self.vars = {
+            **os.environ,
+            "FLASK_QUEUE_TEST_DB": str(self.db),
+            "FLASK_QUEUE_TEST_RUNS": str(self.runs),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *args: str, name: str, **extra: str) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**self.vars, **extra},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def runs_of(self) -> collections.Counter[str]:
+        if not self.runs.exists():
+            return collections.Counter()
+        return collections.Counter(line.split()[0] for line in self.runs.read_text().splitlines())
+
+    def pids_of(self) -> dict[str, set[int]]:
+        pids: dict[str, set[int]] = collections.defaultdict(set)
+        if self.runs.exists():
+            for line in self.runs.read_text().splitlines():
+                tag, pid = line.split()
+                pids[tag].add(int(pid))
+        return pids
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(15)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    environment = Env(tmp_path)
+    yield environment
+    environment.stop_all()
+
+
+@pytest.fixture
+def client_queue(env: Env, tmp_path: Path) -> Iterator[tuple[Flask, TaskQueue]]:
+    """This process's view of the queue file: enqueues the procs_app's tasks by name, runs nothing."""
+    app = Flask("client", instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend=f"sqlite:///{env.db}", workers=0)
+    for name in ("note", "hang_once"):
+        tasks.task(name=f"{APP}.{name}")(lambda tag: None)
+    yield app, tasks
+    tasks.backend(app).close()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_job_enqueued_here_runs_in_a_worker_process(
+    env: Env, client_queue: tuple[Flask, TaskQueue]
+) -> None:
+    app, tasks = client_queue
+    with app.app_context():
+        job = tasks.tasks[f"{APP}.note"].enqueue("cross")
+    worker = env.spawn("-m", "flask", "--app", APP, "queue", "worker", "--burst", name="worker")
+    assert worker.wait(WAIT) == 0, env.log("worker")
+    assert job.result(timeout=5) == worker.pid
+    assert env.runs_of() == {"cross": 1}
+    assert "stopped after 1 job(s)" in env.log("worker")
+
+
+def test_a_job_whose_worker_is_killed_runs_again(env: Env, client_queue: tuple[Flask, TaskQueue]) -> None:
+    app, tasks = client_queue
+    with app.app_context():
+        job = tasks.tasks[f"{APP}.hang_once"].enqueue("victim")
+    first = env.spawn("-m", "flask", "--app", APP, "queue", "worker", "--lease", "1", name="first")
+    wait_until("the first worker to start the job", lambda: env.runs_of()["victim"] == 1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(WAIT)
+    second = env.spawn("-m", "flask", "--app", APP, "queue", "worker", "--lease", "1", name="second")
+    assert job.result(timeout=WAIT) == second.pid
+    record = job.refresh()
+    assert (record.attempts, record.lost) == (2, 1)
+    assert env.runs_of() == {"victim": 2}
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(WAIT) == 0
+    assert "stopped after 1 job(s)" in env.log("second")
+
+
+def test_sigterm_drains_a_worker_process(env: Env, client_queue: tuple[Flask, TaskQueue]) -> None:
+    app, tasks = client_queue
+    with app.app_context():
+        job = tasks.tasks[f"{APP}.hang_once"].enqueue("drained")
+    worker = env.spawn(
+        "-m", "flask", "--app", APP, "queue", "worker", name="worker", TASK_QUEUE_SHUTDOWN_TIMEOUT="0.5"
+    )
+    wait_until("the worker to start the job", lambda: env.runs_of()["drained"] == 1)
+    os.killpg(worker.pid, signal.SIGTERM)
+    assert worker.wait(WAIT) == 0, env.log("worker")
+    assert "1 running job(s) given back to the queue" in env.log("worker")
+    record = job.refresh()
+    assert (record.status.value, record.attempts) == ("queued", 0)
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_gunicorn_workers_share_one_sqlite_queue(
+    env: Env, client_queue: tuple[Flask, TaskQueue], preload: bool
+) -> None:
+    app, tasks = client_queue
+    port = free_port()
+    command = [
+        "-m",
+        "gunicorn",
+        "--workers=2",
+        "--worker-class=gthread",
+        "--threads=4",
+        f"--bind=127.0.0.1:{port}",
+    ]
+    if gunicorn_has_no_control_socket():
+        command.append("--no-control-socket")
+    if preload:
+        command.append("--preload")
+    server = env.spawn(*command, f"{APP}:app", name="gunicorn")
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(env.log("gunicorn"))
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{base}/health", timeout=5).status_code == 200
+        return False
+
+    wait_until("gunicorn to answer", up)
+    job_ids: list[str] = []
+    serving: set[int] = set()
+    for n in range(20):
+        reply = requests.get(f"{base}/enqueue", params={"n": "10", "tag": f"r{n}"}, timeout=30).json()
+        job_ids.extend(reply["jobs"])
+        serving.add(reply["pid"])
+    with app.app_context():
+        for job_id in job_ids:
+            job = tasks.get_job(job_id)
+            assert job is not None
+            assert job.result(timeout=WAIT) in serving
+    runs = env.runs_of()
+    assert len(runs) == 200
+    assert set(runs.values()) == {1}, "a job ran more than once"
+    ran_in = set().union(*env.pids_of().values())
+    assert ran_in <= serving, "a job ran outside the serving workers (in the master?)"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(WAIT)
+    assert "locked" not in env.log("gunicorn")
+
+
+def test_the_reloaders_watching_process_never_runs_jobs(env: Env) -> None:
+    port = free_port()
+    server = env.spawn(
+        "-m",
+        "flask",
+        "--app",
+        APP,
+        "run",
+        "--reload",
+        "--port",
+        str(port),
+        name="flask-run",
+        FLASK_QUEUE_TEST_IMPORT_JOB="1",
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(env.log("flask-run"))
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{base}/health", timeout=5).status_code == 200
+        return False
+
+    wait_until("flask run to answer", up)
+    child = requests.get(f"{base}/enqueue", params={"tag": "request"}, timeout=30).json()["pid"]
+    assert child != server.pid
+    # Both processes import the app, so both enqueue an import-time job; only the serving child runs jobs.
+    wait_until("the three jobs to run", lambda: sum(env.runs_of().values()) == 3)
+    assert env.runs_of() == {f"import-{server.pid}": 1, f"import-{child}": 1, "request-0": 1}
+    assert set().union(*env.pids_of().values()) == {child}
