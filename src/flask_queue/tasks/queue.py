@@ -260,6 +260,8 @@ class _AppState:
     """What a ``TaskQueue`` keeps per app: its settings, backend and in-process worker."""
 
     app: Flask
+    #: The ``TaskQueue`` set up on the app: how a dashboard or a test finds it from the app.
+    extension: TaskQueue
     settings: dict[str, Any]
     backend: Backend
     executor: Executor
@@ -320,7 +322,7 @@ class TaskQueue:
             retry_backoff_max=settings["retry_backoff_max"],
             immediate_retries=bool(settings["eager"]),
         )
-        state = _AppState(app=app, settings=settings, backend=backend, executor=executor)
+        state = _AppState(app=app, extension=self, settings=settings, backend=backend, executor=executor)
         state.no_workers = settings["workers"] == 0 or bool(settings["eager"])
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)
