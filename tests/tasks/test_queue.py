@@ -451,3 +451,24 @@ def test_two_tasks_with_one_name_raise() -> None:
     tasks.task(name="same")(lambda: 1)
     with pytest.raises(ValueError, match="two tasks are named 'same'"):
         tasks.task(name="same")(lambda: 2)
+
+
+def test_results_are_kept_for_result_ttl_and_failures_for_failed_ttl(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0, result_ttl=0, failed_ttl=3600)
+
+    @tasks.task
+    def ok() -> int:
+        return 1
+
+    @tasks.task
+    def bad() -> None:
+        raise ValueError("kept")
+
+    with app.app_context():
+        done, failed = ok.enqueue(), bad.enqueue()
+        tasks.drain()
+        assert done.record.expires_at is not None
+        assert tasks.backend().expire() == 1
+        assert tasks.get_job(done.id) is None
+        assert failed.status is JobStatus.FAILED
+        assert failed.error == "ValueError: kept"
