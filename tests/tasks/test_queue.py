@@ -467,7 +467,7 @@ def test_results_are_kept_for_result_ttl_and_failures_for_failed_ttl(make_queue:
     with app.app_context():
         done, failed = ok.enqueue(), bad.enqueue()
         tasks.drain()
-        assert done.record.expires_at is not None
+        assert done.refresh().expires_at is not None
         assert tasks.backend().expire() == 1
         assert tasks.get_job(done.id) is None
         assert failed.status is JobStatus.FAILED
