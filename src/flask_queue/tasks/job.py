@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import JobCancelled, TaskFailed
@@ -76,7 +76,6 @@ class JobRecord:
     expires_at: float | None = None
     #: Leases that expired on this job (its worker died or hung); past a bound the job fails.
     lost: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def effective_status(self, now: float | None = None) -> JobStatus:
         if self.status is JobStatus.QUEUED and self.eta > (time.time() if now is None else now):

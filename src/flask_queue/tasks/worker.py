@@ -194,7 +194,7 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._threads: list[threading.Thread] = []
         self._keeper: threading.Thread | None = None
-        self._keeper_wake = threading.Event()
+        self._keeper_stop = threading.Event()
         self.processed = 0
 
     @property
@@ -225,7 +225,8 @@ class Worker:
                 report.released += 1
                 log.warning("job %s (%s) still running at shutdown: given back to the queue", running.record.id,
                             running.record.task)  # fmt: skip
-        self._keeper_wake.set()
+        # Leases were renewed while jobs drained; those still running now were given back, so stop renewing.
+        self._keeper_stop.set()
         if self._keeper is not None:
             self._keeper.join(5.0)
         return report
@@ -281,11 +282,11 @@ class Worker:
             raise JobTimeout()
 
     def _keep(self) -> None:
-        """Renew leases, enforce timeouts, expire results, until the worker stops."""
+        """Renew leases, enforce timeouts, expire results, until the worker has stopped."""
         renew_every = self.lease / 3.0
         next_renew = time.monotonic() + renew_every
         next_expire = time.monotonic()
-        while not self._stopping.is_set() or self._threads_alive():
+        while not self._keeper_stop.is_set():
             now = time.monotonic()
             with self._lock:
                 running = list(self._running.values())
@@ -309,10 +310,7 @@ class Worker:
                 except Exception:
                     log.exception("could not delete expired results")
             pause = min(renew_every, 0.1) if running else min(renew_every, 1.0)
-            self._keeper_wake.wait(pause)
-
-    def _threads_alive(self) -> bool:
-        return any(thread.is_alive() for thread in self._threads)
+            self._keeper_stop.wait(pause)
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
