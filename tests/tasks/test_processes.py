@@ -238,3 +238,65 @@ def test_the_reloaders_watching_process_never_runs_jobs(env: Env) -> None:
     wait_until("the three jobs to run", lambda: sum(env.runs_of().values()) == 3)
     assert env.runs_of() == {f"import-{server.pid}": 1, f"import-{child}": 1, "request-0": 1}
     assert set().union(*env.pids_of().values()) == {child}
+
+
+@pytest.mark.parametrize("lazy_apps", [True, False], ids=["lazy-apps", "app-in-master"])
+def test_uwsgi_workers_run_each_job_once(
+    env: Env, client_queue: tuple[Flask, TaskQueue], lazy_apps: bool
+) -> None:
+    uwsgi = Path(sys.executable).with_name("uwsgi")
+    if not uwsgi.exists():
+        pytest.skip("uWSGI is not installed (it is in the dev extra on Linux)")
+    app, tasks = client_queue
+    port = free_port()
+    command = [
+        f"--http-socket=127.0.0.1:{port}",
+        "--master",
+        "--processes=2",
+        "--threads=2",
+        "--enable-threads",
+        f"--module={APP}:app",
+        f"--pythonpath={ROOT}",
+        "--die-on-term",
+        "--need-app",
+    ]
+    # The documented settings: threads enabled, and either the app loaded in each worker (lazy-apps) or, with
+    # the app loaded in the master, Python's after-fork hooks run in each worker (py-call-osafterfork).
+    command.append("--lazy-apps" if lazy_apps else "--py-call-osafterfork")
+    log = (env.logs / "uwsgi.log").open("wb")
+    server = subprocess.Popen(
+        [str(uwsgi), *command],
+        cwd=ROOT,
+        env=env.vars,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    env.procs.append(server)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(env.log("uwsgi"))
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{base}/health", timeout=5).status_code == 200
+        return False
+
+    wait_until("uWSGI to answer", up)
+    job_ids: list[str] = []
+    serving: set[int] = set()
+    for n in range(10):
+        reply = requests.get(f"{base}/enqueue", params={"n": "10", "tag": f"u{n}"}, timeout=30).json()
+        job_ids.extend(reply["jobs"])
+        serving.add(reply["pid"])
+    with app.app_context():
+        for job_id in job_ids:
+            job = tasks.get_job(job_id)
+            assert job is not None
+            assert job.result(timeout=WAIT) != server.pid, "a job ran in uWSGI's master"
+    runs = env.runs_of()
+    assert len(runs) == 100
+    assert set(runs.values()) == {1}, "a job ran more than once"
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(WAIT)  # the workers drain and exit; a hang at exit would time out here
