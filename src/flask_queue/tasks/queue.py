@@ -30,7 +30,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overload
 
 import click
@@ -96,6 +96,8 @@ class _Options:
     retries: int
     timeout: float | None
     delay: float = 0.0
+    #: The SQLAlchemy session whose commit ``enqueue_on_commit`` waits for (``None``: Flask-SQLAlchemy's).
+    session: Any = None
 
 
 class Task(Generic[P, R]):
@@ -160,23 +162,23 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         retries: int | None = None,
         timeout: float | None = None,
+        session: Any = None,
     ) -> BoundTask[P, R]:
         """This task with some options changed for the calls made through the handle returned.
 
-        ``tasks.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's
-        own argument names. Values are checked as at decoration.
+        ``task.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's own
+        argument names. Values are checked as at decoration. ``session`` is the SQLAlchemy session (or
+        ``scoped_session``, ``AsyncSession``) whose commit ``enqueue_on_commit`` waits for.
         """
         d = self.defaults
-        return BoundTask(
-            self,
-            _make_options(
-                self.name,
-                d.queue if queue is None else queue,
-                d.priority if priority is None else priority,
-                d.retries if retries is None else retries,
-                d.timeout if timeout is None else timeout,
-            ),
+        options = _make_options(
+            self.name,
+            d.queue if queue is None else queue,
+            d.priority if priority is None else priority,
+            d.retries if retries is None else retries,
+            d.timeout if timeout is None else timeout,
         )
+        return BoundTask(self, replace(options, session=session))
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Have a worker run ``func(*args, **kwargs)``; return the job at once.
@@ -197,6 +199,15 @@ class Task(Generic[P, R]):
         """Enqueue many calls at once (one write for all): ``[(args, kwargs), ...]``; return their jobs."""
         return self._queue._enqueue(self, self.defaults, _calls(calls))
 
+    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Enqueue the call once the SQLAlchemy transaction commits; never if it rolls back.
+
+        The session is Flask-SQLAlchemy's ``db.session`` of the current app, or the one given with
+        ``task.options(session=...)``; with no transaction open the job is enqueued at once. Arguments are
+        serialized here, so one JSON cannot carry raises ``TypeError`` now. See ``docs/commit-hooks.md``.
+        """
+        self._queue._enqueue_on_commit(self, self.defaults, args, kwargs)
+
 
 class BoundTask(Generic[P, R]):
     """A task with per-call options (``task.options(...)``): the same ``enqueue*`` methods."""
@@ -211,7 +222,7 @@ class BoundTask(Generic[P, R]):
     def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
             raise TypeError(f"enqueue_in takes a delay in seconds first, not {delay!r}")
-        options = _Options(**{**self._options.__dict__, "delay": max(float(delay), 0.0)})
+        options = replace(self._options, delay=max(float(delay), 0.0))
         return self.task._queue._enqueue(self.task, options, [(args, kwargs)])[0]
 
     def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
@@ -226,6 +237,9 @@ class BoundTask(Generic[P, R]):
 
     def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
         return self.task._queue._enqueue(self.task, self._options, _calls(calls))
+
+    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        self.task._queue._enqueue_on_commit(self.task, self._options, args, kwargs)
 
 
 def _calls(
@@ -425,7 +439,31 @@ class TaskQueue:
         options: _Options,
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
     ) -> list[Job]:
+        if options.session is not None:
+            raise NotImplementedError(
+                "enqueue(session=...) joins the job to that transaction (the outbox), which needs a SQL backend in"
+                " the app's own database; with this backend use enqueue_on_commit(...) to enqueue after the commit"
+            )
+        payloads = [self.serializer.dumps_call(task.name, args, kwargs) for args, kwargs in calls]
+        return self._store(self._state(), task, options, payloads)
+
+    def _enqueue_on_commit(
+        self, task: Task[Any, Any], options: _Options, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> None:
+        # Imported here: its ImportError names the extra to install.
+        from ..sqlalchemy import on_commit
+
+        # The arguments are serialized now, so that a bad one raises here in the caller (not out of commit())
+        # and a later change to a mutable argument does not change the job.
         state = self._state()
+        payload = self.serializer.dumps_call(task.name, args, kwargs)
+        on_commit(lambda: self._store(state, task, options, [payload]), session=options.session)
+
+    def _store(
+        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+    ) -> list[Job]:
+        if not payloads:
+            return []
         now = time.time()
         eager = bool(state.settings["eager"])
         records = [
@@ -433,17 +471,15 @@ class TaskQueue:
                 id=uuid.uuid4().hex,
                 task=task.name,
                 queue=options.queue,
-                payload=self.serializer.dumps_call(task.name, args, kwargs),
+                payload=payload,
                 priority=options.priority,
                 retries=options.retries,
                 timeout=options.timeout,
                 eta=now if eager else now + options.delay,
                 enqueued_at=now,
             )
-            for args, kwargs in calls
+            for payload in payloads
         ]
-        if not records:
-            return []
         state.backend.enqueue(records)
         jobs = [Job(record.id, state.backend, record) for record in records]
         if signals.task_enqueued.receivers:
