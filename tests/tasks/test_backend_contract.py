@@ -32,7 +32,7 @@ def record(**fields: Any) -> JobRecord:
 
 def put(backend: Backend, **fields: Any) -> JobRecord:
     job = record(**fields)
-    backend.enqueue([job])
+    [job.id] = backend.enqueue([job])
     return job
 
 
@@ -192,9 +192,10 @@ def test_a_job_that_loses_every_lease_fails(backend: Backend) -> None:
         leased = take(backend, f"dies-{n}", lease=0.05, timeout=10.0)
         assert leased is not None
     deadline = time.monotonic() + 10
-    while (stored := backend.get(job.id)) is not None and stored.status is JobStatus.RUNNING:
+    # The job is failed by the next dequeue (or, for SQLite, within its recovery interval), never handed out.
+    while (stored := backend.get(job.id)) is not None and stored.status is not JobStatus.FAILED:
         assert time.monotonic() < deadline
-        take(backend, "probe", timeout=0.1)
+        assert take(backend, "probe", timeout=0.1) is None
     assert stored is not None
     assert stored.status is JobStatus.FAILED
     assert stored.error == LOST_ERROR
@@ -303,11 +304,21 @@ def test_expire_deletes_finished_jobs_past_their_time(backend: Backend) -> None:
     assert backend.get(young.id) is not None
 
 
-def test_enqueue_many_stores_them_all(backend: Backend) -> None:
-    jobs = [record() for _ in range(50)]
-    backend.enqueue(jobs)
+def test_enqueue_many_stores_them_all_with_new_ids(backend: Backend) -> None:
+    ids = backend.enqueue([record() for _ in range(50)])
+    assert len(set(ids)) == 50
     assert backend.size() == 50
-    assert [r.id for r in backend.jobs(limit=100)] == [j.id for j in reversed(jobs)]
+    assert [r.id for r in backend.jobs(limit=100)] == list(reversed(ids))
+
+
+def test_an_id_of_a_deleted_job_never_names_another(backend: Backend) -> None:
+    gone = put(backend)
+    backend.purge(None, {JobStatus.QUEUED})
+    fresh = put(backend)
+    assert fresh.id != gone.id
+    assert backend.get(gone.id) is None
+    assert backend.get("not-an-id") is None
+    assert backend.get("") is None
 
 
 def test_wait_returns_when_another_thread_finishes_the_job(backend: Backend) -> None:

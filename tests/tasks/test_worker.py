@@ -32,7 +32,7 @@ def test_a_job_naming_an_unknown_task_fails_and_the_worker_goes_on(make_queue: M
 
     backend = tasks.backend(app)
     stranger = _raw_job("deploy.skew.task", '{"args":[],"kwargs":{}}')
-    backend.enqueue([stranger])
+    [stranger.id] = backend.enqueue([stranger])
     with app.app_context():
         after = known.enqueue()
     with pytest.raises(TaskFailed, match=r"UnknownTask: no task named 'deploy\.skew\.task'") as failed:
@@ -50,7 +50,7 @@ def test_a_corrupt_payload_fails_the_job_with_a_clear_error(make_queue: MakeQueu
     def target() -> None: ...
 
     corrupt = _raw_job(target.name, payload)
-    tasks.backend(app).enqueue([corrupt])
+    [corrupt.id] = tasks.backend(app).enqueue([corrupt])
     with app.app_context():
         assert tasks.drain() == 1
         job = tasks.get_job(corrupt.id)

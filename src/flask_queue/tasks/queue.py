@@ -27,7 +27,6 @@ import math
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -468,7 +467,7 @@ class TaskQueue:
         eager = bool(state.settings["eager"])
         records = [
             JobRecord(
-                id=uuid.uuid4().hex,
+                id="",
                 task=task.name,
                 queue=options.queue,
                 payload=payload,
@@ -480,7 +479,9 @@ class TaskQueue:
             )
             for payload in payloads
         ]
-        state.backend.enqueue(records)
+        ids = state.backend.enqueue(records)
+        for record, job_id in zip(records, ids, strict=True):
+            record.id = job_id
         jobs = [Job(record.id, state.backend, record) for record in records]
         if signals.task_enqueued.receivers:
             for job in jobs:

@@ -60,8 +60,12 @@ class Backend(abc.ABC):
     # -- what subclasses implement ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def enqueue(self, records: Sequence[JobRecord]) -> None:
-        """Store new jobs, all or none. Their ids are new; their status is ``QUEUED``."""
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        """Store new jobs, all or none, as ``QUEUED``; return the ids the backend gave them, in order.
+
+        The ids are the backend's to choose (the records' own ``id`` is ignored): opaque strings, never
+        reused for another job of this backend.
+        """
 
     @abc.abstractmethod
     def dequeue(

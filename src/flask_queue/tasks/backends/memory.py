@@ -13,6 +13,7 @@ import heapq
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import Collection, Sequence
 
 from ..job import FINISHED, JobRecord, JobStatus
@@ -39,15 +40,19 @@ class MemoryBackend(Backend):
         self._running: dict[str, JobRecord] = {}
         self._interrupts = 0
 
-    def enqueue(self, records: Sequence[JobRecord]) -> None:
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         now = time.time()
+        ids = []
         with self._lock:
             for record in records:
                 stored = copy.copy(record)
-                self._jobs[record.id] = stored
-                self._order[record.id] = next(self._seq)
+                stored.id = uuid.uuid4().hex
+                self._jobs[stored.id] = stored
+                self._order[stored.id] = next(self._seq)
                 self._push(stored, now)
+                ids.append(stored.id)
             self._ready.notify(len(records))
+        return ids
 
     def _push(self, record: JobRecord, now: float) -> None:
         token = next(self._seq)

@@ -15,11 +15,12 @@ A relative path is taken from the app's instance folder: ``sqlite:///jobs.sqlite
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,14 +34,14 @@ __all__ = ["SQLiteBackend"]
 T = TypeVar("T")
 
 _COLUMNS = (
-    "id, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,"
+    "seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,"
     " finished_at, lease_until, worker, result, error, traceback, expires_at, lost"
 )
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flask_queue_jobs (
     seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
+    token INTEGER NOT NULL,
     task TEXT NOT NULL,
     queue TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -62,9 +63,6 @@ CREATE TABLE IF NOT EXISTS flask_queue_jobs (
     lost INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS flask_queue_ready ON flask_queue_jobs (priority, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS flask_queue_leases ON flask_queue_jobs (lease_until) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS flask_queue_expiry ON flask_queue_jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS flask_queue_by_queue ON flask_queue_jobs (queue, status);
 """
 
 #: Seconds a statement waits for another process's write lock before it counts as a collision.
@@ -73,6 +71,18 @@ BUSY_TIMEOUT = 5.0
 BUSY_RETRIES = 20
 #: How often lapsed leases are looked for (at most; a dequeue does it when it is due).
 RECOVER_INTERVAL = 1.0
+
+# One lock per database file per process, taken around every write. SQLite lets one writer in at a time
+# anyway; threads of one process that collide otherwise wait in SQLite's busy handler, which sleeps in steps
+# of milliseconds, where a lock hands over in microseconds. Other processes still meet the busy handler.
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(path: Path) -> threading.Lock:
+    key = os.path.realpath(path)
+    with _write_locks_guard:
+        return _write_locks.setdefault(key, threading.Lock())
 
 
 class SQLiteBackend(Backend):
@@ -93,6 +103,7 @@ class SQLiteBackend(Backend):
         self._interrupts = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _write_lock(self.path)
             db = self._db()
             self._retrying(lambda: db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;"))
         except (OSError, sqlite3.Error) as exc:
@@ -142,12 +153,16 @@ class SQLiteBackend(Backend):
                     del self._connections[thread]
         self._local.conn = None
 
-    def _retrying(self, what: Callable[[], T]) -> T:
-        """Run ``what``, retrying when another process held the write lock past the busy timeout."""
+    def _retrying(self, what: Callable[[], T], write: bool = True) -> T:
+        """Run ``what`` (under the write lock if it writes), retrying when another process held SQLite's write
+        lock past the busy timeout."""
         pause = 0.005
         for attempt in range(BUSY_RETRIES + 1):
             try:
-                return what()
+                if not write:
+                    return what()
+                with self._lock:
+                    return what()
             except sqlite3.OperationalError as exc:
                 message = str(exc)
                 if ("locked" not in message and "busy" not in message) or attempt == BUSY_RETRIES:
@@ -158,37 +173,45 @@ class SQLiteBackend(Backend):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: the write lock is taken up front, so it cannot fail halfway."""
+        """A ``BEGIN IMMEDIATE`` transaction under the write lock: the lock is taken up front, so the
+        transaction cannot fail halfway for want of it."""
         db = self._db()
-        self._retrying(lambda: db.execute("BEGIN IMMEDIATE"))
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
-            self._retrying(lambda: db.execute("COMMIT"))
+        with self._lock:
+            self._retrying(lambda: db.execute("BEGIN IMMEDIATE"), write=False)
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            else:
+                self._retrying(lambda: db.execute("COMMIT"), write=False)
 
-    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _read(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        db = self._db()
+        return self._retrying(lambda: db.execute(sql, params).fetchone(), write=False)
+
+    def _write_one(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         db = self._db()
         return self._retrying(lambda: db.execute(sql, params).fetchone())
 
-    def _changed(self, sql: str, params: Sequence[Any]) -> int:
+    def _changed(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> int:
         db = self._db()
         return self._retrying(lambda: db.execute(sql, params).rowcount)
 
     # -- the contract --------------------------------------------------------------------------------------
 
-    def enqueue(self, records: Sequence[JobRecord]) -> None:
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        sql = (
+            "INSERT INTO flask_queue_jobs (token, task, queue, payload, priority, status, attempts, retries,"
+            " timeout, eta, enqueued_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)"
+        )
         rows = [
             (
-                r.id,
+                random.getrandbits(32),
                 r.task,
                 r.queue,
                 r.payload,
                 r.priority,
-                r.status.value,
-                r.attempts,
                 r.retries,
                 r.timeout,
                 r.eta,
@@ -196,17 +219,15 @@ class SQLiteBackend(Backend):
             )
             for r in records
         ]
-        sql = (
-            "INSERT INTO flask_queue_jobs (id, task, queue, payload, priority, status, attempts, retries,"
-            " timeout, eta, enqueued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        db = self._db()
         if len(rows) == 1:
-            self._changed(sql, rows[0])
+            seqs = [self._retrying(lambda: db.execute(sql, rows[0]).lastrowid)]
         else:
-            with self._write() as db:
-                db.executemany(sql, rows)
+            with self._write():
+                seqs = [db.execute(sql, row).lastrowid for row in rows]
         with self._ready:
             self._ready.notify(len(rows))
+        return [f"{seq}-{row[0]:08x}" for seq, row in zip(seqs, rows, strict=True)]
 
     def dequeue(
         self, queues: Collection[str] | None, worker: str, lease: float, timeout: float
@@ -215,26 +236,32 @@ class SQLiteBackend(Backend):
         interrupts = self._interrupts
         db = self._db()
         where, params = _queue_filter(queues)
+        # A leased job keeps its 'queued' row and index entry and gets a lease: taking it writes one page, and a
+        # job whose lease lapsed is simply ready again (counted in ``lost``).
         pick = (
-            f"UPDATE flask_queue_jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
-            f" lease_until = ?, worker = ? WHERE seq = (SELECT seq FROM flask_queue_jobs WHERE status = 'queued'"
-            f" AND eta <= ?{where} ORDER BY priority, seq LIMIT 1) RETURNING {_COLUMNS}"
+            f"UPDATE flask_queue_jobs SET attempts = attempts + 1, started_at = :now, lease_until = :until,"
+            f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq = (SELECT seq FROM"
+            f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
+            f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT 1)"
+            f" RETURNING {_COLUMNS}"
+        )
+        wake_at = (
+            "SELECT min(CASE WHEN lease_until IS NULL THEN eta ELSE max(eta, lease_until) END)"
+            f" FROM flask_queue_jobs WHERE status = 'queued'{where}"
         )
         while True:
             now = time.time()
             if now >= self._next_recover:
                 self._recover(now)
             version = db.execute("PRAGMA data_version").fetchone()[0]
-            values = (now, now + lease, worker, now, *params)
+            values = {"now": now, "until": now + lease, "worker": worker, **params}
             row = self._retrying(lambda values=values: db.execute(pick, values).fetchone())  # type: ignore[misc]
             if row is not None:
-                return _record(row)
+                return _record(row, now)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._interrupts != interrupts:
                 return None
-            next_eta = db.execute(
-                f"SELECT min(eta) FROM flask_queue_jobs WHERE status = 'queued'{where}", params
-            ).fetchone()[0]
+            next_eta = db.execute(wake_at, params).fetchone()[0]
             pause = min(remaining, self.poll_interval)
             if next_eta is not None:
                 pause = min(pause, max(next_eta - time.time(), 0.0))
@@ -250,26 +277,20 @@ class SQLiteBackend(Backend):
                     break
 
     def _recover(self, now: float) -> None:
-        """Hand out again the jobs whose lease lapsed, and fail those that lost too many."""
+        """Fail the jobs that lost their lease once too often (the others are handed out again by ``dequeue``)."""
         self._next_recover = now + RECOVER_INTERVAL
-        with self._write() as db:
-            db.execute(
-                "UPDATE flask_queue_jobs SET status = 'failed', error = ?, traceback = '',"
-                " finished_at = ?, lost = lost + 1, lease_until = NULL"
-                " WHERE status = 'running' AND lease_until < ? AND lost + 1 >= ?",
-                (LOST_ERROR, now, now, MAX_LOST),
-            )
-            db.execute(
-                "UPDATE flask_queue_jobs SET status = 'queued', eta = ?, lost = lost + 1, worker = NULL,"
-                " lease_until = NULL WHERE status = 'running' AND lease_until < ?",
-                (now, now),
-            )
+        self._changed(
+            "UPDATE flask_queue_jobs SET status = 'failed', error = :error, traceback = '', finished_at = :now,"
+            " lost = lost + 1, lease_until = NULL WHERE status = 'queued' AND lease_until < :now"
+            " AND lost + 1 >= :max_lost",
+            {"error": LOST_ERROR, "now": now, "max_lost": MAX_LOST},
+        )
 
     def renew(self, job_id: str, worker: str, lease: float) -> bool:
         return bool(
             self._changed(
-                "UPDATE flask_queue_jobs SET lease_until = ? WHERE id = ? AND status = 'running' AND worker = ?",
-                (time.time() + lease, job_id, worker),
+                f"UPDATE flask_queue_jobs SET lease_until = :until WHERE seq = :seq AND token = :token AND {_HELD}",
+                {"until": time.time() + lease, **_key(job_id), "worker": worker},
             )
         )
 
@@ -284,15 +305,25 @@ class SQLiteBackend(Backend):
         traceback: str | None = None,
         expires_at: float | None = None,
     ) -> JobRecord | None:
-        row = self._one(
-            f"UPDATE flask_queue_jobs SET status = ?, result = ?, error = ?, traceback = ?, finished_at = ?,"
-            f" expires_at = ?, lease_until = NULL WHERE id = ? AND status = 'running' AND worker = ?"
+        now = time.time()
+        row = self._write_one(
+            "UPDATE flask_queue_jobs SET status = :status, result = :result, error = :error, traceback = :tb,"
+            f" finished_at = :now, expires_at = :expires, lease_until = NULL WHERE seq = :seq AND token = :token AND {_HELD}"
             f" RETURNING {_COLUMNS}",
-            (status.value, result, error, traceback, time.time(), expires_at, job_id, worker),
+            {
+                "status": status.value,
+                "result": result,
+                "error": error,
+                "tb": traceback,
+                "now": now,
+                "expires": expires_at,
+                **_key(job_id),
+                "worker": worker,
+            },
         )
         if row is None:
             return None
-        record = _record(row)
+        record = _record(row, now)
         self.finished_here(record)
         return record
 
@@ -301,18 +332,18 @@ class SQLiteBackend(Backend):
 
     def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
         changed = self._changed(
-            "UPDATE flask_queue_jobs SET status = 'queued', eta = ?, error = ?, traceback = ?, worker = NULL,"
-            " lease_until = NULL WHERE id = ? AND status = 'running' AND worker = ?",
-            (eta, error, traceback, job_id, worker),
+            "UPDATE flask_queue_jobs SET eta = :eta, error = :error, traceback = :tb, worker = NULL,"
+            f" lease_until = NULL WHERE seq = :seq AND token = :token AND {_HELD}",
+            {"eta": eta, "error": error, "tb": traceback, **_key(job_id), "worker": worker},
         )
         self._wake()
         return bool(changed)
 
     def release(self, job_id: str, worker: str) -> bool:
         changed = self._changed(
-            "UPDATE flask_queue_jobs SET status = 'queued', attempts = attempts - 1, worker = NULL,"
-            " lease_until = NULL WHERE id = ? AND status = 'running' AND worker = ?",
-            (job_id, worker),
+            "UPDATE flask_queue_jobs SET attempts = attempts - 1, worker = NULL, lease_until = NULL"
+            f" WHERE seq = :seq AND token = :token AND {_HELD}",
+            {**_key(job_id), "worker": worker},
         )
         self._wake()
         return bool(changed)
@@ -327,69 +358,59 @@ class SQLiteBackend(Backend):
             self._ready.notify()
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._one(f"SELECT {_COLUMNS} FROM flask_queue_jobs WHERE id = ?", (job_id,))
-        return None if row is None else _record(row)
+        row = self._read(
+            f"SELECT {_COLUMNS} FROM flask_queue_jobs WHERE seq = :seq AND token = :token", _key(job_id)
+        )
+        return None if row is None else _record(row, time.time())
 
     def cancel(self, job_id: str) -> bool:
-        row = self._one(
-            f"UPDATE flask_queue_jobs SET status = 'cancelled', finished_at = ? WHERE id = ? AND status = 'queued'"
-            f" RETURNING {_COLUMNS}",
-            (time.time(), job_id),
+        now = time.time()
+        row = self._write_one(
+            "UPDATE flask_queue_jobs SET status = 'cancelled', finished_at = :now"
+            f" WHERE seq = :seq AND token = :token AND status = 'queued' AND {_UNLEASED} RETURNING {_COLUMNS}",
+            {"now": now, **_key(job_id)},
         )
         if row is None:
             return False
-        self.finished_here(_record(row))
+        self.finished_here(_record(row, now))
         return True
 
     def requeue(self, job_id: str) -> bool:
         changed = self._changed(
-            "UPDATE flask_queue_jobs SET status = 'queued', attempts = 0, lost = 0, eta = ?, finished_at = NULL,"
-            " expires_at = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
-            (time.time(), job_id),
+            "UPDATE flask_queue_jobs SET status = 'queued', attempts = 0, lost = 0, eta = :now, finished_at = NULL,"
+            " expires_at = NULL, lease_until = NULL, worker = NULL WHERE seq = :seq AND token = :token AND status IN ('failed', 'cancelled')",
+            {"now": time.time(), **_key(job_id)},
         )
         self._wake()
         return bool(changed)
 
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
-        now = time.time()
-        clauses = []
-        params: list[Any] = []
-        for status in statuses:
-            if status is JobStatus.RUNNING:
-                continue
-            if status is JobStatus.SCHEDULED:
-                clauses.append("(status = 'queued' AND eta > ?)")
-                params.append(now)
-            elif status is JobStatus.QUEUED:
-                clauses.append("(status = 'queued' AND eta <= ?)")
-                params.append(now)
-            else:
-                clauses.append("status = ?")
-                params.append(status.value)
+        clauses = [_STATUS_SQL[status] for status in statuses if status is not JobStatus.RUNNING]
         if not clauses:
             return 0
         sql = f"DELETE FROM flask_queue_jobs WHERE ({' OR '.join(clauses)})"
+        params: dict[str, Any] = {"now": time.time()}
         if queue is not None:
-            sql += " AND queue = ?"
-            params.append(queue)
+            sql += " AND queue = :queue"
+            params["queue"] = queue
         return self._changed(sql, params)
 
     def size(self, queue: str | None = None) -> int:
-        sql = "SELECT count(*) FROM flask_queue_jobs WHERE status = 'queued' AND eta <= ?"
-        params: tuple[Any, ...] = (time.time(),)
+        sql = f"SELECT count(*) FROM flask_queue_jobs WHERE {_STATUS_SQL[JobStatus.QUEUED]}"
+        params: dict[str, Any] = {"now": time.time()}
         if queue is not None:
-            sql += " AND queue = ?"
-            params += (queue,)
-        return int(self._one(sql, params)[0])
+            sql += " AND queue = :queue"
+            params["queue"] = queue
+        return int(self._read(sql, params)[0])
 
     def counts(self) -> dict[str, dict[str, int]]:
         db = self._db()
         rows = self._retrying(
             lambda: db.execute(
-                "SELECT queue, CASE WHEN status = 'queued' AND eta > ? THEN 'scheduled' ELSE status END AS s,"
-                " count(*) FROM flask_queue_jobs GROUP BY queue, s",
-                (time.time(),),
-            ).fetchall()
+                f"SELECT queue, {_EFFECTIVE_STATUS} AS s, count(*) FROM flask_queue_jobs GROUP BY queue, s",
+                {"now": time.time()},
+            ).fetchall(),
+            write=False,
         )
         counts: dict[str, dict[str, int]] = {}
         for queue, status, count in rows:
@@ -399,55 +420,82 @@ class SQLiteBackend(Backend):
     def jobs(
         self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[JobRecord]:
+        now = time.time()
         clauses = []
-        params: list[Any] = []
-        if status is JobStatus.SCHEDULED:
-            clauses.append("status = 'queued' AND eta > ?")
-            params.append(time.time())
-        elif status is JobStatus.QUEUED:
-            clauses.append("status = 'queued' AND eta <= ?")
-            params.append(time.time())
-        elif status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
+        params: dict[str, Any] = {"now": now, "limit": limit, "offset": offset}
+        if status is not None:
+            clauses.append(_STATUS_SQL[status])
         if queue is not None:
-            clauses.append("queue = ?")
-            params.append(queue)
+            clauses.append("queue = :queue")
+            params["queue"] = queue
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         db = self._db()
         rows = self._retrying(
             lambda: db.execute(
-                f"SELECT {_COLUMNS} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (*params, limit, offset),
-            ).fetchall()
+                f"SELECT {_COLUMNS} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT :limit OFFSET :offset",
+                params,
+            ).fetchall(),
+            write=False,
         )
-        return [_record(row) for row in rows]
+        return [_record(row, now) for row in rows]
 
     def expire(self) -> int:
         return self._changed(
-            "DELETE FROM flask_queue_jobs WHERE expires_at IS NOT NULL AND expires_at <= ?"
+            "DELETE FROM flask_queue_jobs WHERE expires_at IS NOT NULL AND expires_at <= :now"
             " AND status IN ('succeeded', 'failed', 'cancelled')",
-            (time.time(),),
+            {"now": time.time()},
         )
 
 
-def _queue_filter(queues: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+# A leased job is a 'queued' row with a lease that has not lapsed; ``worker`` still holds it (``_HELD``) until
+# another worker takes it over, even past the lapse.
+_LEASED = "(lease_until IS NOT NULL AND lease_until >= :now)"
+_UNLEASED = "(lease_until IS NULL OR lease_until < :now)"
+_HELD = "status = 'queued' AND worker = :worker AND lease_until IS NOT NULL"
+_STATUS_SQL = {
+    JobStatus.QUEUED: f"(status = 'queued' AND eta <= :now AND {_UNLEASED})",
+    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > :now AND {_UNLEASED})",
+    JobStatus.RUNNING: f"(status = 'queued' AND {_LEASED})",
+    JobStatus.SUCCEEDED: "status = 'succeeded'",
+    JobStatus.FAILED: "status = 'failed'",
+    JobStatus.CANCELLED: "status = 'cancelled'",
+}
+_EFFECTIVE_STATUS = (
+    f"CASE WHEN status = 'queued' AND {_LEASED} THEN 'running'"
+    " WHEN status = 'queued' AND eta > :now THEN 'scheduled' ELSE status END"
+)
+
+
+def _key(job_id: str) -> dict[str, int]:
+    """The row of a job id (``<seq>-<token>``): the rowid, and a random token, so that an id whose row was
+    deleted never names a later job given the same rowid. An id of another form matches no row."""
+    seq, _, token = job_id.partition("-")
+    try:
+        return {"seq": int(seq), "token": int(token, 16)}
+    except ValueError:
+        return {"seq": -1, "token": -1}
+
+
+def _queue_filter(queues: Collection[str] | None) -> tuple[str, dict[str, str]]:
     if queues is None:
-        return "", ()
-    names = tuple(queues)
-    return f" AND queue IN ({', '.join('?' * len(names))})", names
+        return "", {}
+    names = {f"q{n}": name for n, name in enumerate(queues)}
+    return f" AND queue IN ({', '.join(':' + key for key in names)})", names
 
 
-def _record(row: Sequence[Any]) -> JobRecord:
-    (job_id, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
+def _record(row: Sequence[Any], now: float) -> JobRecord:
+    """The record of a row read at ``now``: a 'queued' row under a live lease is RUNNING."""
+    (seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
      finished_at, lease_until, worker, result, error, traceback, expires_at, lost) = row  # fmt: skip
     return JobRecord(
-        id=job_id,
+        id=f"{seq}-{token:08x}",
         task=task,
         queue=queue,
         payload=payload,
         priority=priority,
-        status=JobStatus(status),
+        status=JobStatus.RUNNING
+        if status == "queued" and lease_until is not None and lease_until >= now
+        else JobStatus(status),
         attempts=attempts,
         retries=retries,
         timeout=timeout,
