@@ -56,6 +56,14 @@ class Env:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
+    @contextlib.contextmanager
+    def diagnose(self, name: str) -> Iterator[None]:
+        """Add the tail of a server's log to any failure inside the block."""
+        try:
+            yield
+        except (AssertionError, TimeoutError, subprocess.TimeoutExpired, requests.RequestException) as exc:
+            raise AssertionError(f"{exc}\n--- {name} log ---\n{self.log(name)[-4000:]}") from exc
+
     def runs_of(self) -> collections.Counter[str]:
         if not self.runs.exists():
             return collections.Counter()
@@ -276,9 +284,16 @@ def test_uwsgi_workers_run_each_job_once(
     env.procs.append(server)
     base = f"http://127.0.0.1:{port}"
 
+    with env.diagnose("uwsgi"):
+        _exercise_uwsgi(env, app, tasks, base, server)
+
+
+def _exercise_uwsgi(
+    env: Env, app: Flask, tasks: TaskQueue, base: str, server: subprocess.Popen[bytes]
+) -> None:
     def up() -> bool:
         if server.poll() is not None:
-            raise AssertionError(env.log("uwsgi"))
+            raise AssertionError("uWSGI exited")
         with contextlib.suppress(requests.RequestException):
             return requests.get(f"{base}/health", timeout=5).status_code == 200
         return False
