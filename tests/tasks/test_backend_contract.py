@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -414,3 +415,66 @@ def test_a_sqlite_path_that_cannot_be_written_raises_at_set_up(tmp_path: Path) -
     blocker.write_text("not a folder")
     with pytest.raises(BackendError, match=str(blocker / "jobs.sqlite3")):
         SQLiteBackend(blocker / "jobs.sqlite3")
+
+
+def test_dequeue_batch_leases_the_most_urgent_jobs(backend: Backend) -> None:
+    low = put(backend, priority=5)
+    urgent = [put(backend, priority=0) for _ in range(3)]
+    put(backend, queue="other")
+    batch = backend.dequeue_batch({"default"}, "w1", LEASE, 3)
+    assert [r.id for r in batch] == [j.id for j in urgent]
+    assert all(r.status is JobStatus.RUNNING and r.worker == "w1" for r in batch)
+    rest = backend.dequeue_batch({"default"}, "w2", LEASE, 10)
+    assert [r.id for r in rest] == [low.id]
+    assert backend.dequeue_batch({"default"}, "w2", LEASE, 10) == []
+
+
+def test_finish_batch_records_successes_of_the_lease_holder_only(backend: Backend) -> None:
+    mine, theirs = put(backend), put(backend)
+    take(backend, "w1")
+    take(backend, "w2")
+    done = backend.finish_batch("w1", [(mine.id, '"a"', None), (theirs.id, '"b"', None)])
+    assert done[0] is not None
+    assert (done[0].status, done[0].result) == (JobStatus.SUCCEEDED, '"a"')
+    assert done[1] is None
+    stored = backend.get(theirs.id)
+    assert stored is not None
+    assert stored.status is JobStatus.RUNNING
+
+
+def test_a_sqlite_backend_works_in_a_child_forked_while_its_lock_was_held(tmp_path: Path) -> None:
+    import os
+
+    backend = SQLiteBackend(tmp_path / "q.sqlite3")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with backend._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's holder thread does not exist here
+            code = 1
+            try:
+                backend.after_fork()
+                put(backend)
+                code = 0 if backend.size() == 1 else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the child hung on the lock it inherited")
+            time.sleep(0.02)
+        assert os.waitstatus_to_exitcode(status[1]) == 0
+    finally:
+        release.set()
+        holder.join()
+        backend.close()

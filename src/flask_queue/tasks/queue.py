@@ -306,6 +306,8 @@ class TaskQueue:
         self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
         self.tasks: dict[str, Task[..., Any]] = {}
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        #: The state of the one app this queue is set up on, while there is only one.
+        self._only: _AppState | None = None
         if app is not None:
             self.init_app(app)
 
@@ -339,6 +341,7 @@ class TaskQueue:
         state.no_workers = settings["workers"] == 0 or bool(settings["eager"])
         app.extensions[EXTENSION_KEY] = state
         self._apps.add(app)
+        self._only = state if len(self._apps) == 1 else None
         app.before_request(lambda: self._ensure_started(state))
         from ..cli import queue_command
 
@@ -405,6 +408,9 @@ class TaskQueue:
     # -- which app -----------------------------------------------------------------------------------------
 
     def _state(self, app: Flask | None = None) -> _AppState:
+        only = self._only
+        if app is None and only is not None and only.pid == os.getpid():
+            return only  # the common case, set up on one app: no context lookup on every enqueue
         if app is None:
             if has_app_context() and EXTENSION_KEY in current_app.extensions:
                 app = current_app._get_current_object()  # type: ignore[attr-defined]

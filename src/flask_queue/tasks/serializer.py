@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 __all__ = ["JSONSerializer", "Serializer"]
 
+# One encoder for every call: json.dumps with any non-default option builds a new encoder each time.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
 
 class Serializer(Protocol):
     def dumps_call(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
@@ -34,7 +37,7 @@ class JSONSerializer:
 
     def dumps_call(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
         try:
-            return json.dumps({"args": list(args), "kwargs": dict(kwargs)}, separators=(",", ":"))
+            return _encode({"args": list(args), "kwargs": dict(kwargs)})
         except (TypeError, ValueError) as exc:
             raise _name_the_argument(task, args, kwargs) from exc
 
@@ -53,7 +56,7 @@ class JSONSerializer:
 
     def dumps_result(self, value: Any) -> str:
         try:
-            return json.dumps(value, separators=(",", ":"))
+            return _encode(value)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"the task returned {type(value).__name__}, which JSON cannot carry: {exc}; return plain data"

@@ -43,6 +43,12 @@ log = logging.getLogger("flask_queue.tasks")
 
 #: Seconds between deletions of expired results by a worker's keeper.
 EXPIRE_INTERVAL = 60.0
+#: Most jobs a worker thread leases at once (see ``Worker._run_batch``).
+MAX_PREFETCH = 16
+#: A job shorter than this (seconds) lets the prefetch grow.
+FAST_JOB = 0.002
+#: Successes wait at most this long (seconds) to be recorded together.
+FLUSH_AFTER = 0.005
 
 
 @dataclass
@@ -68,9 +74,11 @@ class Executor:
         record: JobRecord,
         worker: str,
         guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+        deferred: list[_Success] | None = None,
     ) -> None:
         """Run a job ``worker`` has leased and record its outcome; ``guard`` is entered around the task's call
-        (the worker's timeout)."""
+        (the worker's timeout). With ``deferred``, a success is appended there for ``record_successes`` to
+        record with others in one write; failures are always recorded at once."""
         job = Job(record.id, self.backend, record)
         task = self.tasks.get(record.task)
         if task is None:
@@ -94,12 +102,30 @@ class Executor:
         except Exception as exc:
             self._failed(record, worker, job, exc, tb.format_exc())
         else:
-            expires = None if self.result_ttl is None else time.time() + self.result_ttl
-            if self.backend.finish(record.id, worker, JobStatus.SUCCEEDED, result=result, expires_at=expires):
-                self._send(signals.task_succeeded, job, result=value)
+            success = _Success(job, result, value)
+            if deferred is not None:
+                deferred.append(success)
+            else:
+                self.record_successes(worker, [success])
+
+    def record_successes(self, worker: str, successes: list[_Success]) -> None:
+        """Record jobs that succeeded (one write for all), then send their ``task_succeeded``."""
+        expires = None if self.result_ttl is None else time.time() + self.result_ttl
+        if len(successes) == 1:
+            one = successes[0]
+            done = [
+                self.backend.finish(
+                    one.job.id, worker, JobStatus.SUCCEEDED, result=one.result, expires_at=expires
+                )
+            ]
+        else:
+            done = self.backend.finish_batch(worker, [(one.job.id, one.result, expires) for one in successes])
+        for success, record in zip(successes, done, strict=True):
+            if record is not None:
+                self._send(signals.task_succeeded, success.job, result=success.value)
             else:
                 log.warning(
-                    "job %s (%s) finished after its worker lost the lease: outcome dropped", job.id, task.name
+                    "job %s finished after its worker lost the lease: outcome dropped", success.job.id
                 )
 
     def _failed(self, record: JobRecord, worker: str, job: Job, exc: Exception, trace: str) -> None:
@@ -146,6 +172,17 @@ class Executor:
             signal.send(self.app, job=job, **extra)
         except Exception:
             log.exception("a receiver of %s raised; the job is not affected", signal.name)
+
+
+class _Success:
+    """A job that succeeded, waiting to be recorded with others."""
+
+    __slots__ = ("job", "result", "value")
+
+    def __init__(self, job: Job, result: str, value: Any) -> None:
+        self.job = job
+        self.result = result
+        self.value = value
 
 
 @dataclass
@@ -233,31 +270,85 @@ class Worker:
 
     def _work(self) -> None:
         wait = max(min(self.lease / 3.0, 1.0), 0.05)
+        prefetch = 1
         while not self._stopping.is_set():
             try:
-                record = self.backend.dequeue(self.queues, self.id, self.lease, wait)
+                records = (
+                    self.backend.dequeue_batch(self.queues, self.id, self.lease, prefetch)
+                    if prefetch > 1
+                    else []
+                )
+                if not records:
+                    record = self.backend.dequeue(self.queues, self.id, self.lease, wait)
+                    records = [] if record is None else [record]
             except Exception:
                 log.exception("the task backend failed to hand out a job; retrying in 1 s")
                 self._stopping.wait(1.0)
                 continue
-            if record is None:
-                continue
-            self.run(record)
+            if records:
+                prefetch = self._run_batch(records, prefetch)
 
-    def run(self, record: JobRecord) -> None:
-        """Run one leased job in this thread, with its lease renewed and its timeout enforced."""
-        running = _Running(record, threading.get_ident())
+    def _run_batch(self, records: list[JobRecord], prefetch: int) -> int:
+        """Run leased jobs one after the other, recording successes together; return the next prefetch.
+
+        A worker takes several jobs at once only while the queue is deep and the jobs are short: the prefetch
+        doubles (up to ``MAX_PREFETCH``) after a full batch of jobs that took under ``FAST_JOB`` seconds
+        each, and falls back to one job at a time otherwise, so that a slow job never holds others back.
+        Successes are recorded in one write at the end of the batch, or sooner when ``FLUSH_AFTER`` seconds
+        passed since the first of them.
+        """
         with self._lock:
-            self._running[record.id] = running
+            for record in records:
+                self._running[record.id] = _Running(record, threading.get_ident())
+        started = time.monotonic()
+        successes: list[_Success] = []
+        first_success = 0.0
+        ran = 0
+        for record in records:
+            if self._stopping.is_set():
+                break  # the jobs not started are given back by stop()
+            ran += 1
+            self.run(record, successes)
+            if successes and not first_success:
+                first_success = time.monotonic()
+            if successes and (ran == len(records) or time.monotonic() - first_success >= FLUSH_AFTER):
+                self._record(successes)
+                successes, first_success = [], 0.0
+        if successes:
+            self._record(successes)
+        fast = ran == len(records) and (time.monotonic() - started) / max(ran, 1) < FAST_JOB
+        return min(prefetch * 2, MAX_PREFETCH) if fast and len(records) == prefetch else 1
+
+    def _record(self, successes: list[_Success]) -> None:
         try:
-            self.executor.run(record, self.id, lambda: self._time_limit(running))
+            self.executor.record_successes(self.id, successes)
+        except Exception:
+            log.exception("could not record %d finished job(s); they will run again when their leases lapse",
+                          len(successes))  # fmt: skip
+        finally:
+            with self._lock:
+                for success in successes:
+                    self._running.pop(success.job.id, None)
+
+    def run(self, record: JobRecord, deferred: list[_Success] | None = None) -> None:
+        """Run one leased job in this thread, with its lease renewed and its timeout enforced."""
+        running = self._running.get(record.id)
+        if running is None:
+            running = _Running(record, threading.get_ident())
+            with self._lock:
+                self._running[record.id] = running
+        pending = len(deferred) if deferred is not None else 0
+        try:
+            self.executor.run(record, self.id, lambda: self._time_limit(running), deferred)
         except BaseException:
             log.exception(
                 "job %s: unexpected error in the worker itself; the job's lease will lapse", record.id
             )
         finally:
-            with self._lock:
-                del self._running[record.id]
+            # A deferred success stays in _running (its lease renewed) until it is recorded.
+            if deferred is None or len(deferred) == pending:
+                with self._lock:
+                    self._running.pop(record.id, None)
             self.processed += 1
 
     @contextmanager

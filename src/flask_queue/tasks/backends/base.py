@@ -152,6 +152,31 @@ class Backend(abc.ABC):
     def expire(self) -> int:
         """Delete finished jobs whose ``expires_at`` has passed; return how many."""
 
+    def dequeue_batch(
+        self, queues: Collection[str] | None, worker: str, lease: float, limit: int
+    ) -> list[JobRecord]:
+        """Lease up to ``limit`` ready jobs at once, most urgent first, without waiting (a worker's prefetch).
+
+        The same as ``limit`` calls of ``dequeue(..., timeout=0)``; backends that can do it in one write do.
+        """
+        records = []
+        for _ in range(limit):
+            record = self.dequeue(queues, worker, lease, 0.0)
+            if record is None:
+                break
+            records.append(record)
+        return records
+
+    def finish_batch(
+        self, worker: str, succeeded: Sequence[tuple[str, str | None, float | None]]
+    ) -> list[JobRecord | None]:
+        """Record several successes at once: ``(job_id, result, expires_at)`` each; the same as a ``finish`` of
+        each (``None`` where ``worker`` lost the lease), in one write where the backend can."""
+        return [
+            self.finish(job_id, worker, JobStatus.SUCCEEDED, result=result, expires_at=expires)
+            for job_id, result, expires in succeeded
+        ]
+
     def interrupt(self) -> None:  # noqa: B027 - optional: a backend with nothing to do here keeps it
         """Make every ``dequeue`` waiting in this process return (``None``) now: its workers are stopping."""
 
