@@ -8,6 +8,7 @@ worker's shutdown, never dropped silently.
 
 from __future__ import annotations
 
+import collections
 import copy
 import heapq
 import itertools
@@ -267,23 +268,22 @@ class MemoryBackend(Backend):
             return len(doomed)
 
     def size(self, queue: str | None = None) -> int:
-        now = time.time()
         with self._lock:
-            return sum(
-                1
-                for record in self._jobs.values()
-                if record.status is JobStatus.QUEUED
-                and record.eta <= now
-                and (queue is None or record.queue == queue)
-            )
+            self._promote(time.time())
+            heaps = self._queues.values() if queue is None else [self._queues.get(queue, [])]
+            return sum(1 for heap in heaps for entry in heap if self._live(entry[2], entry[3]))
 
     def counts(self) -> dict[str, dict[str, int]]:
         now = time.time()
-        counts: dict[str, dict[str, int]] = {}
         with self._lock:
-            for record in self._jobs.values():
-                by_status = counts.setdefault(record.queue, dict.fromkeys(map(str, JobStatus), 0))
-                by_status[str(record.effective_status(now))] += 1
+            tally = collections.Counter(
+                (record.queue, record.effective_status(now).value) for record in self._jobs.values()
+            )
+        counts: dict[str, dict[str, int]] = {}
+        for (queue, status), count in tally.items():
+            if queue not in counts:
+                counts[queue] = dict.fromkeys(map(str, JobStatus), 0)
+            counts[queue][status] = count
         return counts
 
     def jobs(
