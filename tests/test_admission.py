@@ -21,7 +21,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from werkzeug.test import EnvironBuilder
 
-from _wsgi import Call, call_after_waiting, gated_stream, hello, hold, stats_of
 from flask_queue import (
     EXEMPT,
     ConfigurationError,
@@ -30,6 +29,7 @@ from flask_queue import (
     signals,
 )
 from flask_queue._types import StartResponse, WSGIApplication, WSGIEnvironment
+from tests._wsgi import Call, call_after_waiting, gated_stream, hello, hold, stats_of
 
 # -- RequestQueueMiddleware ----------------------------------------------------------------------------
 

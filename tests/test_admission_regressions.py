@@ -10,9 +10,9 @@ import pytest
 from flask import Blueprint, Flask, g
 from flask.views import MethodView
 
-from _wsgi import Call, call_after_waiting, gated_stream, hello, hold, stats_of
 from flask_queue import ConfigurationError, RequestQueue, RequestQueueMiddleware, signals
 from flask_queue._types import StartResponse, WSGIEnvironment
+from tests._wsgi import Call, call_after_waiting, gated_stream, hello, hold, stats_of
 
 
 def ignore_start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

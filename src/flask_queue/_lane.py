@@ -40,7 +40,17 @@ class Ticket:
     ``started``; the time in line counts from ``arrived``.
     """
 
-    __slots__ = ("_wakeup", "admitted_at", "arrived", "priority", "reason", "seq", "started", "state")
+    __slots__ = (
+        "_on_decided",
+        "_wakeup",
+        "admitted_at",
+        "arrived",
+        "priority",
+        "reason",
+        "seq",
+        "started",
+        "state",
+    )
 
     def __init__(self, priority: int, seq: int, arrived: float, upstream: float) -> None:
         self.priority = priority
@@ -51,10 +61,13 @@ class Ticket:
         self.state = WAITING
         self.reason: str | None = None
         self._wakeup: threading.Lock | None = None
+        self._on_decided: Callable[[], object] | None = None
 
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.release()
+        if self._on_decided is not None:
+            self._on_decided()
 
     def __repr__(self) -> str:
         state = ("waiting", "admitted", "done", "rejected")[self.state]
@@ -281,15 +294,40 @@ class Lane:
                 raise
         return ticket
 
+    def time_left(self, ticket: Ticket) -> tuple[float, str]:
+        """Seconds a WAITING ticket may still wait, and what it is rejected for when they are up.
+
+        The wait ends at whichever comes first: ``queue_timeout`` (``"timeout"``) or ``max_age``
+        (``"too_old"``), both counted from the upstream start time.
+        """
+        deadline, reason = self._deadline(ticket)
+        return deadline - self._clock(), reason
+
+    def call_when_decided(self, ticket: Ticket, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` once a WAITING ticket is admitted or shed; at once if it is not waiting.
+
+        For a waiter that holds no thread (WSGI+): the callback runs in the thread that hands the slot over,
+        after the lane's lock is released, so it must be quick and must not block. A waiter that runs out of
+        time is not called back: its owner ``abandon``s it. Never called twice for one wait.
+        """
+        with self._lock:
+            if ticket.state == WAITING:
+                ticket._on_decided = callback
+                return
+        callback()
+
+    def _deadline(self, ticket: Ticket) -> tuple[float, str]:
+        timeout_at = ticket.started + self.queue_timeout
+        age_at = math.inf if self.max_age is None else ticket.started + self.max_age
+        return (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
+
     def wait(self, ticket: Ticket) -> None:
         """Block until a WAITING ticket is admitted, shed, or out of time (then rejected as such).
 
         A caller interrupted here (``KeyboardInterrupt``, a signal handler raising) must ``cancel`` the
         ticket, or it stays in line and is handed a slot nobody releases.
         """
-        timeout_at = ticket.started + self.queue_timeout
-        age_at = math.inf if self.max_age is None else ticket.started + self.max_age
-        deadline, reason = (timeout_at, "timeout") if timeout_at <= age_at else (age_at, "too_old")
+        deadline, reason = self._deadline(ticket)
         wakeup = ticket._wakeup
         assert wakeup is not None, "a WAITING ticket always has its wake-up lock"
         remaining = min(deadline - self._clock(), threading.TIMEOUT_MAX)

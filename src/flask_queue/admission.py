@@ -53,6 +53,7 @@ from . import signals
 from ._lane import ADMITTED, REJECTED, WAITING, Lane, Ticket
 from ._request_start import upstream_wait
 from ._types import OptExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
+from ._wsgiplus_iter import forward
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
@@ -133,9 +134,9 @@ class _Release:
     def __iter__(self) -> Iterator[bytes]:
         # A generator, not iter(inner): it keeps this object alive for a caller that holds only the
         # iterator, so the finaliser below cannot free the slot while the body is still being sent. Not
-        # `yield from`: finalising a suspended one would close the inner body a second time.
-        for chunk in self._iterable:  # noqa: UP028
-            yield chunk
+        # `yield from` the body: finalising a suspended one would close the inner body a second time;
+        # `forward` never closes it, and passes a WSGI+ server's send/throw on, which a for loop drops.
+        yield from forward(self._iterable)
 
     def close(self) -> None:
         try:
@@ -326,6 +327,10 @@ class RequestQueueMiddleware:
         # BaseException, KeyboardInterrupt while waiting, the app itself) must give the ticket up.
         try:
             if ticket.state == WAITING:
+                if "wsgi_plus.version" in environ:  # a WSGI+ server: wait parked, holding no thread
+                    from ._admission_wsgiplus import wait_for_slot
+
+                    return wait_for_slot(self, environ, start_response, lane, ticket, priority)
                 if signals.request_queued.receivers:
                     self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
                 lane.wait(ticket)

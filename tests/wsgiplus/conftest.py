@@ -1,0 +1,106 @@
+"""Fixtures of the WSGI+ tests: a gunicorn running the WSGIPlusWorker, and a client for it."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from flask_queue import wsgiplus
+from tests.servers._live import REQUEST_TIMEOUT, ServerProcess
+
+from . import _server
+
+#: The suspend timeout of the shared server: longer than any park of the tests but the ones that time out.
+SUSPEND_TIMEOUT = 3.0
+
+
+def require_gunicorn() -> None:
+    if importlib.util.find_spec("gunicorn") is None:
+        pytest.skip("gunicorn is not installed (pip install -e '.[dev]')")
+
+
+@pytest.fixture(autouse=True)
+def _stop_wsgiplus_runtime() -> Iterator[None]:
+    """Tests that run views in this process start its event loop and pool: stop them after each test."""
+    yield
+    wsgiplus.shutdown()
+
+
+@pytest.fixture(scope="module")
+def wsgiplus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """gunicorn with one WSGIPlusWorker of 2 threads, shared by the tests of a module."""
+    require_gunicorn()
+    server = _server.start(
+        "wsgiplus",
+        tmp_path_factory.mktemp("wsgiplus-log"),
+        threads=2,
+        env={"WSGI_PLUS_SUSPEND_TIMEOUT": str(SUSPEND_TIMEOUT)},
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Client:
+    """Requests to one server on connections of their own (a ``session()`` keeps one alive)."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.url = server.base_url
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # never through a proxy from the environment
+        return session
+
+    def get(self, path: str, timeout: float = REQUEST_TIMEOUT) -> requests.Response:
+        with self.session() as session:
+            return session.get(self.url + path, timeout=timeout)
+
+    def post(self, path: str) -> requests.Response:
+        with self.session() as session:
+            response = session.post(self.url + path, timeout=REQUEST_TIMEOUT)
+        assert response.status_code == 200, response.text
+        return response
+
+    def log(self) -> str:
+        return self.server.log_tail(100_000)
+
+
+@pytest.fixture
+def live(wsgiplus_server: ServerProcess) -> Client:
+    return Client(wsgiplus_server)
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def fetch_concurrently(port: int, paths: list[str], timeout: float = 60.0) -> list[tuple[int, bytes]]:
+    """GET every path at once, each on a connection of its own; ``(status, body)`` per path, in order.
+
+    Plain asyncio sockets: hundreds of requests in flight from one thread, and nothing left running after.
+    """
+
+    async def one(path: str) -> tuple[int, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            data = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head[9:12]), body
+
+    async def everything() -> list[tuple[int, bytes]]:
+        return await asyncio.wait_for(asyncio.gather(*(one(path) for path in paths)), timeout)
+
+    return asyncio.run(everything())

@@ -1,0 +1,87 @@
+"""The WSGIPlusWorker's life: settings checked at start, heartbeat while parked, graceful shutdown."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from flask_queue.exceptions import ConfigurationError
+from flask_queue.gunicorn import DEFAULT_SUSPEND_TIMEOUT, suspend_timeout
+from tests.servers._live import wait_for
+
+from . import _server
+from .conftest import Client, fetch_concurrently, require_gunicorn
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan", "inf"])
+def test_an_invalid_suspend_timeout_stops_gunicorn_at_start_naming_the_setting(
+    value: str, log_dir: Path
+) -> None:
+    require_gunicorn()
+    server = _server.spawn("wsgiplus", log_dir, env={"WSGI_PLUS_SUSPEND_TIMEOUT": value})
+    try:
+        assert _server.wait_exit(server) != 0
+        log = server.log_tail(100_000)
+        assert "WSGI_PLUS_SUSPEND_TIMEOUT must be a positive number of seconds" in log
+        assert repr(value) in log
+    finally:
+        server.stop()
+
+
+def test_an_invalid_suspend_timeout_given_with_gunicorn_env_stops_it_too(log_dir: Path) -> None:
+    require_gunicorn()
+    server = _server.spawn("wsgiplus", log_dir, extra=["--env", "WSGI_PLUS_SUSPEND_TIMEOUT=soon"])
+    try:
+        assert _server.wait_exit(server) != 0
+        assert (
+            "WSGI_PLUS_SUSPEND_TIMEOUT must be a positive number of seconds, got 'soon'" in server.log_tail()
+        )
+    finally:
+        server.stop()
+
+
+def test_suspend_timeout_setting() -> None:
+    assert suspend_timeout({}) == DEFAULT_SUSPEND_TIMEOUT == 60.0
+    assert suspend_timeout({"WSGI_PLUS_SUSPEND_TIMEOUT": " 2.5 "}) == 2.5
+    with pytest.raises(ConfigurationError, match="WSGI_PLUS_SUSPEND_TIMEOUT"):
+        suspend_timeout({"WSGI_PLUS_SUSPEND_TIMEOUT": "0"})
+
+
+def test_the_heartbeat_goes_on_while_requests_are_parked_past_gunicorn_s_timeout(log_dir: Path) -> None:
+    require_gunicorn()
+    server = _server.start("wsgiplus", log_dir, extra=["--timeout=2"])
+    try:
+        live = Client(server)
+        pid = live.get("/health").json()["pid"]
+        results = fetch_concurrently(server.port, ["/flask/sleep?s=5"] * 4)
+        assert [status for status, _ in results] == [200] * 4
+        assert live.get("/health").json()["pid"] == pid  # the same worker: never killed and replaced
+        assert "WORKER TIMEOUT" not in live.log()
+    finally:
+        server.stop()
+
+
+def test_sigterm_answers_every_parked_request_before_the_worker_exits(log_dir: Path) -> None:
+    require_gunicorn()
+    server = _server.start("wsgiplus", log_dir)
+    try:
+        live = Client(server)
+        results: list[tuple[int, bytes]] = []
+        client = threading.Thread(
+            target=lambda: results.extend(fetch_concurrently(server.port, ["/flask/sleep?s=2"] * 20))
+        )
+        client.start()
+        try:
+            wait_for(
+                "20 requests to park", lambda: live.get("/sleeping").json()["sleeping"], lambda n: n == 20
+            )
+            server.proc.send_signal(signal.SIGTERM)
+        finally:
+            client.join(30)
+        assert [status for status, _ in results] == [200] * 20
+        assert _server.wait_exit(server) == 0
+    finally:
+        server.stop()
