@@ -1,6 +1,7 @@
-"""``python -m bench [overhead|overload]``: run the benchmarks, print their tables, keep the raw figures.
+"""``python -m bench [overhead|overload|commit_hooks|tasks|wsgiplus]``: run the benchmarks, print their tables,
+keep the raw figures.
 
-``make bench`` runs both with the issue's numbers (7 minutes, 8 at most on a busy machine); ``--quick`` is a smoke run of a few
+``make bench`` runs them all with the issues' numbers (about 17 minutes); ``--quick`` is a smoke run of a few
 seconds per step. Every duration can be set by a flag or, for ``make bench``, by the environment variable
 named in ``--help``. Raw figures go to ``bench/results/`` (not committed); ``docs/benchmarks.md`` quotes them.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
-from . import _report, overhead, overload
+from . import _report, commit_hooks, overhead, overload, tasks, wsgiplus
 
 # Settings of a smoke run: each step lasts a few seconds, nothing is repeated.
 _QUICK_OVERHEAD = {
@@ -31,6 +32,14 @@ _QUICK_OVERLOAD = {
     "timeout": 3.0,
     "retries": 0,
     "spare_seconds": 0.0,
+}
+
+
+#: Benchmarks run through their own ``main``, each with its own flags.
+_OWN_FLAGS: dict[str, Callable[[list[str]], int]] = {
+    "commit_hooks": commit_hooks.main,
+    "tasks": tasks.main,
+    "wsgiplus": wsgiplus.main,
 }
 
 
@@ -89,7 +98,9 @@ def _section(
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and run the chosen benchmarks; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", nargs="?", choices=["all", "overhead", "overload"], default="all")
+    parser.add_argument(
+        "which", nargs="?", choices=["all", "overhead", "overload", *_OWN_FLAGS], default="all"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds per step")
     _add_options(parser, overhead.OverheadConfig(), "overhead")
     # calm_wait and spare_seconds are in both configs: each has one flag, which sets both.
@@ -102,8 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.which in ("all", "overload"):
         config = _config(overload.OverloadConfig(), args, _QUICK_OVERLOAD)
         _section("overload", overload.run, overload.report, config)
+    status = 0
+    for name, module_main in _OWN_FLAGS.items():
+        if args.which in ("all", name):
+            # These take their settings from their own flags (python -m bench.<name> --help) and BENCH_*.
+            print(f"== {name} ==", flush=True)
+            status = module_main(["--quick"] if args.quick else []) or status
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
