@@ -9,14 +9,13 @@ named in ``--help``. Raw figures go to ``bench/results/`` (not committed); ``doc
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import fields, replace
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _report, commit_hooks, overhead, overload, tasks, wsgiplus
+from ._cli import add_options, config_from
 
 # Settings of a smoke run: each step lasts a few seconds, nothing is repeated.
 _QUICK_OVERHEAD = {
@@ -43,46 +42,6 @@ _OWN_FLAGS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-def _add_options(
-    parser: argparse.ArgumentParser, config: Any, group_title: str, skip: Collection[str] = ()
-) -> None:
-    """One ``--flag`` per field of a config dataclass (but those in ``skip``), documenting its env variable."""
-    group = parser.add_argument_group(group_title)
-    for field in fields(config):
-        if field.name in skip:
-            continue
-        env = f"BENCH_{field.name.upper()}"
-        default = getattr(config, field.name)
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"(env {env}; default {default})",
-            )
-        else:
-            group.add_argument(
-                flag, type=type(default), default=None, metavar="N", help=f"(env {env}; default {default})"
-            )
-
-
-def _config(config: Any, args: argparse.Namespace, quick: dict[str, Any]) -> Any:
-    """The config with, from weakest to strongest: its defaults, ``--quick``, the environment, the flags."""
-    values: dict[str, Any] = dict(quick) if args.quick else {}
-    for field in fields(config):
-        default = getattr(config, field.name)
-        env = os.environ.get(f"BENCH_{field.name.upper()}")
-        if env is not None:
-            values[field.name] = (
-                env.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(env)
-            )
-        flag = getattr(args, field.name)
-        if flag is not None:
-            values[field.name] = flag
-    return replace(config, **values)
-
-
 def _section(
     name: str, run: Callable[[Any], dict[str, Any]], report: Callable[[dict[str, Any]], str], config: Any
 ) -> None:
@@ -102,17 +61,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "which", nargs="?", choices=["all", "overhead", "overload", *_OWN_FLAGS], default="all"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds per step")
-    _add_options(parser, overhead.OverheadConfig(), "overhead")
+    add_options(parser, overhead.OverheadConfig(), "overhead")
     # calm_wait and spare_seconds are in both configs: each has one flag, which sets both.
-    _add_options(parser, overload.OverloadConfig(), "overload", skip={"calm_wait", "spare_seconds"})
+    add_options(parser, overload.OverloadConfig(), "overload", skip={"calm_wait", "spare_seconds"})
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.which in ("all", "overhead"):
-        config = _config(overhead.OverheadConfig(), args, _QUICK_OVERHEAD)
-        _section("overhead", overhead.run, overhead.report, config)
+        _section(
+            "overhead",
+            overhead.run,
+            overhead.report,
+            config_from(overhead.OverheadConfig(), args, _QUICK_OVERHEAD),
+        )
     if args.which in ("all", "overload"):
-        config = _config(overload.OverloadConfig(), args, _QUICK_OVERLOAD)
-        _section("overload", overload.run, overload.report, config)
+        _section(
+            "overload",
+            overload.run,
+            overload.report,
+            config_from(overload.OverloadConfig(), args, _QUICK_OVERLOAD),
+        )
     status = 0
     for name, module_main in _OWN_FLAGS.items():
         if args.which in ("all", name):

@@ -23,19 +23,19 @@ apart). Run with ``python -m bench.tasks`` (``--help`` lists the flags and their
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import _machine, _report, _tasks_kill
+from ._cli import add_options, config_from
 from ._tasks_systems import FACTORIES, PROBE, System
 
 #: Targets from the issue.
@@ -549,34 +549,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m bench.tasks", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds")
-    for field in fields(TasksConfig):
-        default = getattr(TasksConfig(), field.name)
-        env = f"BENCH_{field.name.upper()}"
-        flag = "--" + field.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(env {env}; default {default})")  # fmt: skip
-        else:
-            parser.add_argument(flag, type=type(default), default=None, metavar="N",
-                                help=f"(env {env}; default {default})")  # fmt: skip
+    add_options(parser, TasksConfig())
     return parser
 
 
-def config_from(args: argparse.Namespace) -> TasksConfig:
-    """The config with, from weakest to strongest: its defaults, ``--quick``, the environment, the flags."""
-    config = TasksConfig()
-    values: dict[str, Any] = dict(QUICK) if args.quick else {}
-    for field in fields(config):
-        default = getattr(config, field.name)
-        env = os.environ.get(f"BENCH_{field.name.upper()}")
-        if env is not None:
-            values[field.name] = (
-                env.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(env)
-            )
-        flag = getattr(args, field.name)
-        if flag is not None:
-            values[field.name] = flag
-    config = replace(config, **values)
+def config_from_args(args: argparse.Namespace) -> TasksConfig:
+    """The config of the command line (see ``bench._cli.config_from``), its ``peer_sync`` checked."""
+    config = config_from(TasksConfig(), args, QUICK)
     if config.peer_sync not in ("normal", "off", "default", "full"):
         raise SystemExit(f"--peer-sync must be normal, off, full or default, not {config.peer_sync!r}")
     return config
@@ -584,7 +563,7 @@ def config_from(args: argparse.Namespace) -> TasksConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, run the benchmark, print its tables and keep its figures."""
-    config = config_from(_parser().parse_args(argv))
+    config = config_from_args(_parser().parse_args(argv))
     started = time.monotonic()
     print("== tasks ==", flush=True)
     results = run(config, lambda line: print(line, flush=True))

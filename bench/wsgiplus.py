@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _machine, _report, _servers, loadgen
+from ._cli import add_options, config_from
 from ._wsgiplus_load import finish_burst, start_burst, wrk
 from .overhead import ensure_wrk
 
@@ -552,16 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.wsgiplus [--quick] [--FIELD N ...]``: run, print the report, keep the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.wsgiplus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: a few seconds per step")
-    defaults = WSGIPlusConfig()
-    for field in fields(defaults):
-        default = getattr(defaults, field.name)
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"),
-            type=type(default),
-            default=None,
-            metavar="N",
-            help=f"(env BENCH_{field.name.upper()}; default {default})",
-        )
+    add_options(parser, WSGIPlusConfig())
     args = parser.parse_args(argv)
     config = configure(args)
     started = time.monotonic()
@@ -575,17 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def configure(args: argparse.Namespace) -> WSGIPlusConfig:
     """The config with, from weakest to strongest: defaults, ``--quick``, ``BENCH_*`` variables, flags."""
-    values: dict[str, Any] = dict(QUICK) if getattr(args, "quick", False) else {}
-    defaults = WSGIPlusConfig()
-    for field in fields(defaults):
-        kind = type(getattr(defaults, field.name))
-        env = os.environ.get(f"BENCH_{field.name.upper()}")
-        if env is not None:
-            values[field.name] = kind(env)
-        flag = getattr(args, field.name, None)
-        if flag is not None:
-            values[field.name] = flag
-    return replace(defaults, **values)
+    return config_from(WSGIPlusConfig(), args, QUICK)
 
 
 if __name__ == "__main__":
