@@ -109,6 +109,19 @@ def client_queue(env: Env, tmp_path: Path) -> Iterator[tuple[Flask, TaskQueue]]:
     tasks.backend(app).close()
 
 
+def wait_up(server: subprocess.Popen[bytes], base: str) -> None:
+    """Wait until the server at ``base`` answers ``/health``; fail at once if it exits."""
+
+    def up() -> bool:
+        if server.poll() is not None:
+            raise AssertionError("the server exited")
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{base}/health", timeout=5).status_code == 200
+        return False
+
+    wait_until("the server to answer", up)
+
+
 def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -185,34 +198,10 @@ def test_gunicorn_workers_share_one_sqlite_queue(
     if preload:
         command.append("--preload")
     server = env.spawn(*command, f"{APP}:app", name="gunicorn")
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(env.log("gunicorn"))
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(f"{base}/health", timeout=5).status_code == 200
-        return False
-
-    wait_until("gunicorn to answer", up)
-    job_ids: list[str] = []
-    serving: set[int] = set()
-    for n in range(20):
-        reply = requests.get(f"{base}/enqueue", params={"n": "10", "tag": f"r{n}"}, timeout=30).json()
-        job_ids.extend(reply["jobs"])
-        serving.add(reply["pid"])
-    with app.app_context():
-        for job_id in job_ids:
-            job = tasks.get_job(job_id)
-            assert job is not None
-            assert job.result(timeout=WAIT) in serving
-    runs = env.runs_of()
-    assert len(runs) == 200
-    assert set(runs.values()) == {1}, "a job ran more than once"
-    ran_in = set().union(*env.pids_of().values())
-    assert ran_in <= serving, "a job ran outside the serving workers (in the master?)"
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(WAIT)
+    with env.diagnose("gunicorn"):
+        _each_job_runs_once_in_a_serving_worker(
+            env, app, tasks, f"http://127.0.0.1:{port}", server, requests_=20
+        )
     assert "locked" not in env.log("gunicorn")
 
 
@@ -231,15 +220,8 @@ def test_the_reloaders_watching_process_never_runs_jobs(env: Env) -> None:
         FLASK_QUEUE_TEST_IMPORT_JOB="1",
     )
     base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(env.log("flask-run"))
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(f"{base}/health", timeout=5).status_code == 200
-        return False
-
-    wait_until("flask run to answer", up)
+    with env.diagnose("flask-run"):
+        wait_up(server, base)
     child = requests.get(f"{base}/enqueue", params={"tag": "request"}, timeout=30).json()["pid"]
     assert child != server.pid
     # Both processes import the app, so both enqueue an import-time job; only the serving child runs jobs.
@@ -282,33 +264,31 @@ def test_uwsgi_workers_run_each_job_once(env: Env, client_queue: tuple[Flask, Ta
     base = f"http://127.0.0.1:{port}"
 
     with env.diagnose("uwsgi"):
-        _exercise_uwsgi(env, app, tasks, base, server)
+        _each_job_runs_once_in_a_serving_worker(env, app, tasks, base, server, requests_=10)
 
 
-def _exercise_uwsgi(
-    env: Env, app: Flask, tasks: TaskQueue, base: str, server: subprocess.Popen[bytes]
+def _each_job_runs_once_in_a_serving_worker(
+    env: Env, app: Flask, tasks: TaskQueue, base: str, server: subprocess.Popen[bytes], requests_: int
 ) -> None:
-    def up() -> bool:
-        if server.poll() is not None:
-            raise AssertionError("uWSGI exited")
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(f"{base}/health", timeout=5).status_code == 200
-        return False
+    """Enqueue 10 jobs in each of ``requests_`` requests; check that each ran once, in a serving worker (not
+    in the master), then stop the server (SIGTERM: its workers drain and exit; a hang times out here)."""
 
-    wait_until("uWSGI to answer", up)
+    wait_up(server, base)
     job_ids: list[str] = []
     serving: set[int] = set()
-    for n in range(10):
-        reply = requests.get(f"{base}/enqueue", params={"n": "10", "tag": f"u{n}"}, timeout=30).json()
+    for n in range(requests_):
+        reply = requests.get(f"{base}/enqueue", params={"n": "10", "tag": f"r{n}"}, timeout=30).json()
         job_ids.extend(reply["jobs"])
         serving.add(reply["pid"])
     with app.app_context():
         for job_id in job_ids:
             job = tasks.get_job(job_id)
             assert job is not None
-            assert job.result(timeout=WAIT) != server.pid, "a job ran in uWSGI's master"
+            assert job.result(timeout=WAIT) in serving, (
+                "a job ran outside the serving workers (in the master?)"
+            )
     runs = env.runs_of()
-    assert len(runs) == 100
+    assert len(runs) == 10 * requests_
     assert set(runs.values()) == {1}, "a job ran more than once"
     os.killpg(server.pid, signal.SIGTERM)
-    server.wait(WAIT)  # the workers drain and exit; a hang at exit would time out here
+    server.wait(WAIT)
