@@ -165,7 +165,8 @@ def start_server(kind: str, gate_dir: Path, log_dir: Path, *, workers: int = 1) 
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env["FLASK_QUEUE_TEST_GATE_DIR"] = str(gate_dir)
     env["PYTHONUNBUFFERED"] = "1"
-    for _ in range(_BIND_ATTEMPTS):
+
+    def launch() -> ServerProcess:
         port = free_port()
         log_path = log_dir / f"{kind}-{port}.log"
         log_file = log_path.open("wb")
@@ -178,7 +179,17 @@ def start_server(kind: str, gate_dir: Path, log_dir: Path, *, workers: int = 1) 
             env=env,
             start_new_session=True,
         )
-        server = ServerProcess(kind, port, proc, log_path, log_file)
+        return ServerProcess(kind, port, proc, log_path, log_file)
+
+    return start_retrying(kind, launch)
+
+
+def start_retrying(kind: str, launch: Callable[[], ServerProcess]) -> ServerProcess:
+    """``launch`` a server on a free port and return it once it answers; a port lost to a race between
+    finding it free and binding it is retried on another. Raises ``RuntimeError`` with the server's output
+    when it does not come up."""
+    for _ in range(_BIND_ATTEMPTS):
+        server = launch()
         try:
             ready = server.wait_ready()
         except BaseException:

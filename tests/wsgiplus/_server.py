@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tests.servers._live import (
-    _BIND_ATTEMPTS,
-    _BIND_FAILURES,
     START_TIMEOUT,
     ServerProcess,
     free_port,
     gunicorn_has_no_control_socket,
+    start_retrying,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -99,20 +98,7 @@ def start(
     app: str = "served_wsgiplus:app",
 ) -> ServerProcess:
     """Start a server and return once it answers; a port lost to a race is retried on another."""
-    for _ in range(_BIND_ATTEMPTS):
-        server = spawn(kind, log_dir, threads=threads, extra=extra, env=env, app=app)
-        try:
-            ready = server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-        if ready:
-            return server
-        log = server.log_tail()
-        server.stop()
-        if not any(failure in log for failure in _BIND_FAILURES):
-            raise RuntimeError(f"{kind} exited before answering:\n{log}")
-    raise RuntimeError(f"{kind} could not bind a free port in {_BIND_ATTEMPTS} attempts")
+    return start_retrying(kind, lambda: spawn(kind, log_dir, threads=threads, extra=extra, env=env, app=app))
 
 
 def wait_exit(server: ServerProcess, timeout: float = START_TIMEOUT) -> int:
