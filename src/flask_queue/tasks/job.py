@@ -208,6 +208,8 @@ class Watcher:
 
     def finished(self, record: JobRecord) -> None:
         """A job finished in this process: settle its futures now."""
+        if not self._futures:  # unlocked: a future added meanwhile is settled by the polling thread
+            return
         with self._lock:
             futures = self._futures.pop(record.id, None)
         for future in futures or ():

@@ -339,7 +339,8 @@ class Worker:
                 self._running[record.id] = running
         pending = len(deferred) if deferred is not None else 0
         try:
-            self.executor.run(record, self.id, lambda: self._time_limit(running), deferred)
+            guard = nullcontext if record.timeout is None else (lambda: self._time_limit(running))
+            self.executor.run(record, self.id, guard, deferred)
         except BaseException:
             log.exception(
                 "job %s: unexpected error in the worker itself; the job's lease will lapse", record.id

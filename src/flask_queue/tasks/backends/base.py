@@ -55,6 +55,8 @@ class Backend(abc.ABC):
     def __init__(self) -> None:
         self._finished_lock = threading.Lock()
         self._finished_here = threading.Condition(self._finished_lock)
+        #: Threads waiting in ``wait`` (changed under ``_finished_here``'s lock).
+        self._waiting = 0
         self._watcher = Watcher(self)
 
     # -- what subclasses implement ---------------------------------------------------------------------------
@@ -204,7 +206,11 @@ class Backend(abc.ABC):
             if remaining is not None and remaining <= 0:
                 return record
             with self._finished_here:
-                self._finished_here.wait(pause if remaining is None else min(pause, remaining))
+                self._waiting += 1
+                try:
+                    self._finished_here.wait(pause if remaining is None else min(pause, remaining))
+                finally:
+                    self._waiting -= 1
             pause = min(pause * 2, 0.05)
 
     def watch(self, job_id: str) -> Future[Any]:
@@ -213,6 +219,8 @@ class Backend(abc.ABC):
 
     def finished_here(self, record: JobRecord) -> None:
         """Tell waiters in this process that a job finished. Backends call it after ``finish``."""
-        with self._finished_here:
-            self._finished_here.notify_all()
+        # Unlocked reads: a waiter or future that arrives meanwhile is not lost, it polls the backend too.
+        if self._waiting:
+            with self._finished_here:
+                self._finished_here.notify_all()
         self._watcher.finished(record)

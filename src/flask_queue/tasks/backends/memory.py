@@ -40,20 +40,22 @@ class MemoryBackend(Backend):
         self._token: dict[str, int] = {}
         self._running: dict[str, JobRecord] = {}
         self._interrupts = 0
+        self._prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
 
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         now = time.time()
-        ids = []
+        stored = [copy.copy(record) for record in records]
+        for record in stored:
+            # Unique within this backend, which lives and dies with its process: no need for uuid4's syscall.
+            record.id = f"{self._prefix}{next(self._ids):x}"
         with self._lock:
-            for record in records:
-                stored = copy.copy(record)
-                stored.id = uuid.uuid4().hex
-                self._jobs[stored.id] = stored
-                self._order[stored.id] = next(self._seq)
-                self._push(stored, now)
-                ids.append(stored.id)
-            self._ready.notify(len(records))
-        return ids
+            for record in stored:
+                self._jobs[record.id] = record
+                self._order[record.id] = next(self._seq)
+                self._push(record, now)
+            self._ready.notify(len(stored))
+        return [record.id for record in stored]
 
     def _push(self, record: JobRecord, now: float) -> None:
         token = next(self._seq)
@@ -93,6 +95,48 @@ class MemoryBackend(Backend):
                     if when is not None:
                         remaining = min(remaining, max(when - now, 0.001))
                 self._ready.wait(remaining)
+
+    def dequeue_batch(
+        self, queues: Collection[str] | None, worker: str, lease: float, limit: int
+    ) -> list[JobRecord]:
+        now = time.time()
+        taken: list[JobRecord] = []
+        with self._lock:
+            self._recover(now)
+            self._promote(now)
+            while len(taken) < limit and (record := self._pick(queues)) is not None:
+                record.status = JobStatus.RUNNING
+                record.attempts += 1
+                record.started_at = now
+                record.lease_until = now + lease
+                record.worker = worker
+                self._running[record.id] = record
+                taken.append(copy.copy(record))
+        return taken
+
+    def finish_batch(
+        self, worker: str, succeeded: Sequence[tuple[str, str | None, float | None]]
+    ) -> list[JobRecord | None]:
+        now = time.time()
+        done: list[JobRecord | None] = []
+        with self._lock:
+            for job_id, result, expires_at in succeeded:
+                record = self._held(job_id, worker)
+                if record is None:
+                    done.append(None)
+                    continue
+                record.status = JobStatus.SUCCEEDED
+                record.result = result
+                record.error = record.traceback = None
+                record.finished_at = now
+                record.expires_at = expires_at
+                record.lease_until = None
+                del self._running[job_id]
+                done.append(copy.copy(record))
+        for record in done:
+            if record is not None:
+                self.finished_here(record)
+        return done
 
     def interrupt(self) -> None:
         with self._lock:
