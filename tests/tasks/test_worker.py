@@ -6,11 +6,13 @@ import logging
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import click
 import pytest
+from flask import Flask
 
-from flask_queue import JobStatus, TaskFailed
+from flask_queue import JobStatus, TaskFailed, TaskQueue
 from flask_queue.tasks.job import JobRecord
 
 from .conftest import MakeQueue
@@ -123,12 +125,9 @@ def test_shutdown_waits_for_running_jobs_to_finish(make_queue: MakeQueue) -> Non
     assert [job.result(timeout=0) for job in jobs] == [0, 1]
 
 
-def test_memory_jobs_left_at_shutdown_are_reported(
-    make_queue: MakeQueue, backend_kind: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    if backend_kind != "memory":
-        pytest.skip("only memory:// loses jobs at exit")
-    app, tasks = make_queue(workers=0)
+def test_memory_jobs_left_at_shutdown_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend="memory://", workers=0)
 
     @tasks.task
     def pending() -> None: ...
