@@ -205,3 +205,79 @@ def test_a_raising_signal_receiver_does_not_affect_the_job(
         tasks.drain()
     assert job.result(timeout=0) == 7
     assert "a receiver of task-started raised" in caplog.text
+
+
+def test_a_success_is_recorded_while_a_slower_job_of_its_batch_runs(make_queue: MakeQueue) -> None:
+    from flask_queue.tasks.worker import Worker, _Pending
+
+    app, tasks = make_queue(workers=0)
+    release = threading.Event()
+
+    @tasks.task
+    def quick() -> str:
+        return "done"
+
+    @tasks.task
+    def slow() -> None:
+        release.wait(30)
+
+    with app.app_context():
+        first, second = quick.enqueue(), slow.enqueue()
+    state = app.extensions["flask-queue.tasks"]
+    worker = Worker(state.executor, threads=0, lease=30.0)  # the keeper only: this test runs the batch
+    pending = _Pending(f"{worker.id}/test")
+    worker._pendings.append(pending)
+    worker.start()
+    batch = tasks.backend(app).dequeue_batch(None, pending.owner, 30.0, 2)
+    runner = threading.Thread(target=worker._run_batch, args=(batch, 2, pending))
+    runner.start()
+    try:
+        assert first.result(timeout=30) == "done"  # recorded by the keeper, not after the slow job
+        assert second.status is JobStatus.RUNNING
+    finally:
+        release.set()
+        runner.join(30)
+        worker.stop(10)
+    assert second.refresh().status is JobStatus.SUCCEEDED
+
+
+def test_each_thread_of_a_worker_holds_its_jobs_under_its_own_name(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=2)
+    both = threading.Barrier(3)
+    release = threading.Event()
+
+    @tasks.task
+    def hold() -> None:
+        both.wait(30)
+        release.wait(30)
+
+    with app.app_context():
+        jobs = [hold.enqueue(), hold.enqueue()]
+    both.wait(30)
+    try:
+        holders = {job.refresh().worker for job in jobs}
+        assert len(holders) == 2
+    finally:
+        release.set()
+    for job in jobs:
+        job.result(timeout=30)
+
+
+def test_the_timeout_does_not_reach_the_app_contexts_teardown(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1)
+    torn_down = threading.Event()
+
+    @app.teardown_appcontext
+    def slow_teardown(error: BaseException | None) -> None:
+        if threading.current_thread().name.startswith("flask-queue"):
+            time.sleep(0.6)  # longer than the task's timeout, after the task returned
+            torn_down.set()
+
+    @tasks.task(timeout=0.3)
+    def fast() -> str:
+        return "in time"
+
+    with app.app_context():
+        job = fast.enqueue()
+    assert job.result(timeout=30) == "in time"
+    assert torn_down.wait(30)

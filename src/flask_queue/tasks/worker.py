@@ -96,7 +96,7 @@ class Executor:
             return
         self._send(signals.task_started, job)
         try:
-            with guard(), self.app.app_context():
+            with self.app.app_context(), guard():
                 value = task.func(*args, **kwargs)
             result = self.serializer.dumps_result(value)
         except Exception as exc:
@@ -174,6 +174,23 @@ class Executor:
             log.exception("a receiver of %s raised; the job is not affected", signal.name)
 
 
+class _Pending:
+    """The successes one worker thread has not recorded yet; the thread or the keeper records them."""
+
+    __slots__ = ("lock", "owner", "since", "successes")
+
+    def __init__(self, owner: str) -> None:
+        self.lock = threading.Lock()
+        self.owner = owner
+        self.successes: list[_Success] = []
+        self.since = 0.0
+
+    def take(self) -> list[_Success]:
+        with self.lock:
+            taken, self.successes = self.successes, []
+            return taken
+
+
 class _Success:
     """A job that succeeded, waiting to be recorded with others."""
 
@@ -194,11 +211,13 @@ class StopReport:
 
 
 class _Running:
-    __slots__ = ("deadline", "record", "thread_id", "timed_out")
+    __slots__ = ("deadline", "owner", "record", "thread_id", "timed_out")
 
-    def __init__(self, record: JobRecord, thread_id: int) -> None:
+    def __init__(self, record: JobRecord, thread_id: int, owner: str) -> None:
         self.record = record
         self.thread_id = thread_id
+        #: The lease holder: each thread of a worker holds its jobs under a name of its own.
+        self.owner = owner
         #: Set while the task's own code runs, if it has a timeout: the keeper may interrupt it until then.
         self.deadline: float | None = None
         self.timed_out = False
@@ -232,6 +251,7 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._keeper: threading.Thread | None = None
         self._keeper_stop = threading.Event()
+        self._pendings: list[_Pending] = []
         self.processed = 0
 
     @property
@@ -241,7 +261,11 @@ class Worker:
 
     def start(self) -> None:
         for index in range(self.threads):
-            thread = threading.Thread(target=self._work, name=f"flask-queue-{index}", daemon=True)
+            pending = _Pending(f"{self.id}/{index}")
+            self._pendings.append(pending)
+            thread = threading.Thread(
+                target=self._work, args=(pending,), name=f"flask-queue-{index}", daemon=True
+            )
             self._threads.append(thread)
             thread.start()
         self._keeper = threading.Thread(target=self._keep, name="flask-queue-keeper", daemon=True)
@@ -255,10 +279,12 @@ class Worker:
         for thread in self._threads:
             thread.join(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         report = StopReport()
+        for pending in self._pendings:
+            self._record(pending)  # jobs that succeeded are recorded, never given back
         with self._lock:
             stuck = list(self._running.values())
         for running in stuck:
-            if self.backend.release(running.record.id, self.id):
+            if self.backend.release(running.record.id, running.owner):
                 report.released += 1
                 log.warning("job %s (%s) still running at shutdown: given back to the queue", running.record.id,
                             running.record.task)  # fmt: skip
@@ -268,60 +294,57 @@ class Worker:
             self._keeper.join(5.0)
         return report
 
-    def _work(self) -> None:
+    def _work(self, pending: _Pending) -> None:
         wait = max(min(self.lease / 3.0, 1.0), 0.05)
+        owner = pending.owner
         prefetch = 1
         while not self._stopping.is_set():
             try:
                 records = (
-                    self.backend.dequeue_batch(self.queues, self.id, self.lease, prefetch)
+                    self.backend.dequeue_batch(self.queues, owner, self.lease, prefetch)
                     if prefetch > 1
                     else []
                 )
                 if not records:
-                    record = self.backend.dequeue(self.queues, self.id, self.lease, wait)
+                    record = self.backend.dequeue(self.queues, owner, self.lease, wait)
                     records = [] if record is None else [record]
             except Exception:
                 log.exception("the task backend failed to hand out a job; retrying in 1 s")
                 self._stopping.wait(1.0)
                 continue
             if records:
-                prefetch = self._run_batch(records, prefetch)
+                prefetch = self._run_batch(records, prefetch, pending)
 
-    def _run_batch(self, records: list[JobRecord], prefetch: int) -> int:
+    def _run_batch(self, records: list[JobRecord], prefetch: int, pending: _Pending) -> int:
         """Run leased jobs one after the other, recording successes together; return the next prefetch.
 
         A worker takes several jobs at once only while the queue is deep and the jobs are short: the prefetch
         doubles (up to ``MAX_PREFETCH``) after a full batch of jobs that took under ``FAST_JOB`` seconds
         each, and falls back to one job at a time otherwise, so that a slow job never holds others back.
-        Successes are recorded in one write at the end of the batch, or sooner when ``FLUSH_AFTER`` seconds
-        passed since the first of them.
+        Successes are recorded in one write at the end of the batch; one that waits ``FLUSH_AFTER`` seconds
+        (behind a slower job) is recorded by the keeper meanwhile.
         """
         with self._lock:
             for record in records:
-                self._running[record.id] = _Running(record, threading.get_ident())
+                self._running[record.id] = _Running(record, threading.get_ident(), pending.owner)
         started = time.monotonic()
-        successes: list[_Success] = []
-        first_success = 0.0
         ran = 0
         for record in records:
             if self._stopping.is_set():
                 break  # the jobs not started are given back by stop()
             ran += 1
-            self.run(record, successes)
-            if successes and not first_success:
-                first_success = time.monotonic()
-            if successes and (ran == len(records) or time.monotonic() - first_success >= FLUSH_AFTER):
-                self._record(successes)
-                successes, first_success = [], 0.0
-        if successes:
-            self._record(successes)
+            self.run(record, pending)
+        self._record(pending)
         fast = ran == len(records) and (time.monotonic() - started) / max(ran, 1) < FAST_JOB
         return min(prefetch * 2, MAX_PREFETCH) if fast and len(records) == prefetch else 1
 
-    def _record(self, successes: list[_Success]) -> None:
+    def _record(self, pending: _Pending) -> None:
+        """Record the successes ``pending`` holds (from the thread that ran them, or the keeper)."""
+        successes = pending.take()
+        if not successes:
+            return
         try:
-            self.executor.record_successes(self.id, successes)
+            self.executor.record_successes(pending.owner, successes)
         except Exception:
             log.exception("could not record %d finished job(s); they will run again when their leases lapse",
                           len(successes))  # fmt: skip
@@ -330,24 +353,28 @@ class Worker:
                 for success in successes:
                     self._running.pop(success.job.id, None)
 
-    def run(self, record: JobRecord, deferred: list[_Success] | None = None) -> None:
-        """Run one leased job in this thread, with its lease renewed and its timeout enforced."""
-        running = self._running.get(record.id)
-        if running is None:
-            running = _Running(record, threading.get_ident())
-            with self._lock:
-                self._running[record.id] = running
-        pending = len(deferred) if deferred is not None else 0
+    def run(self, record: JobRecord, pending: _Pending) -> None:
+        """Run one leased job in this thread, with its lease renewed and its timeout enforced; a success is
+        left in ``pending`` (its lease still renewed) until it is recorded."""
+        with self._lock:
+            running = self._running.get(record.id)
+            if running is None:
+                running = self._running[record.id] = _Running(record, threading.get_ident(), pending.owner)
+        succeeded: list[_Success] = []
         try:
             guard = nullcontext if record.timeout is None else (lambda: self._time_limit(running))
-            self.executor.run(record, self.id, guard, deferred)
+            self.executor.run(record, pending.owner, guard, succeeded)
         except BaseException:
             log.exception(
                 "job %s: unexpected error in the worker itself; the job's lease will lapse", record.id
             )
         finally:
-            # A deferred success stays in _running (its lease renewed) until it is recorded.
-            if deferred is None or len(deferred) == pending:
+            if succeeded:
+                with pending.lock:
+                    if not pending.successes:
+                        pending.since = time.monotonic()
+                    pending.successes.extend(succeeded)
+            else:
                 with self._lock:
                     self._running.pop(record.id, None)
             self.processed += 1
@@ -386,22 +413,27 @@ class Worker:
                     if job.deadline is not None and now >= job.deadline and not job.timed_out:
                         job.timed_out = True
                         _raise_in_thread(job.thread_id, JobTimeout)
+            for pending in self._pendings:
+                if pending.successes and now - pending.since >= FLUSH_AFTER:
+                    self._record(pending)
             if now >= next_renew:
                 next_renew = now + renew_every
                 for job in running:
                     try:
-                        if not self.backend.renew(job.record.id, self.id, self.lease):
-                            log.warning("job %s lost its lease (it ran past it unrenewed); another worker may run it",
-                                        job.record.id)  # fmt: skip
+                        renewed = self.backend.renew(job.record.id, job.owner, self.lease)
                     except Exception:
                         log.exception("could not renew the lease of job %s", job.record.id)
+                        continue
+                    if not renewed and job.record.id in self._running:  # not merely finished meanwhile
+                        log.warning("job %s lost its lease (it ran past it unrenewed); another worker may run it",
+                                    job.record.id)  # fmt: skip
             if now >= next_expire and not self._stopping.is_set():
                 next_expire = now + EXPIRE_INTERVAL
                 try:
                     self.backend.expire()
                 except Exception:
                     log.exception("could not delete expired results")
-            pause = min(renew_every, 0.1) if running else min(renew_every, 1.0)
+            pause = min(renew_every, FLUSH_AFTER * 2) if running else min(renew_every, 1.0)
             self._keeper_stop.wait(pause)
 
 
