@@ -71,9 +71,8 @@ def worker_command(threads: int | None, queues: tuple[str, ...], lease: float | 
     )
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    click.echo(
-        f"worker {worker.id}: {worker.threads} thread(s) on {state.backend.url}, queues: {', '.join(queues) or 'all'}"
-    )
+    taken = ", ".join(sorted(worker.queues)) if worker.queues is not None else "all"
+    click.echo(f"worker {worker.id}: {worker.threads} thread(s) on {state.backend.url}, queues: {taken}")
     worker.start()
     try:
         if burst:

@@ -320,6 +320,12 @@ def test_an_id_of_a_deleted_job_never_names_another(backend: Backend) -> None:
     assert backend.get(gone.id) is None
     assert backend.get("not-an-id") is None
     assert backend.get("") is None
+    first, _, token = fresh.id.partition("-")
+    for other_spelling in (f"0{first}-{token}", f"{first}-0x{token}", f" {fresh.id}", fresh.id.upper()):
+        assert backend.get(other_spelling) is None or other_spelling == fresh.id
+    assert backend.get("99999999999999999999999-00000001") is None
+    assert backend.get(5) is None  # type: ignore[arg-type]
+    assert not backend.requeue("1-ffffffffffffffffffff")
 
 
 def test_wait_returns_when_another_thread_finishes_the_job(backend: Backend) -> None:
@@ -478,3 +484,20 @@ def test_a_sqlite_backend_works_in_a_child_forked_while_its_lock_was_held(tmp_pa
         release.set()
         holder.join()
         backend.close()
+
+
+def test_purge_never_deletes_running_jobs_named_by_string(backend: Backend) -> None:
+    running = put(backend)
+    take(backend)
+    assert backend.purge(None, ["running", "queued"]) == 0  # type: ignore[list-item]
+    assert backend.get(running.id) is not None
+
+
+def test_a_forked_memory_backend_starts_empty() -> None:
+    from flask_queue.tasks.backends.memory import MemoryBackend
+
+    backend = MemoryBackend()
+    put(backend)
+    backend.after_fork()
+    assert backend.size() == 0
+    assert backend.jobs() == []

@@ -373,6 +373,8 @@ def test_the_default_backend_is_sqlite_in_the_instance_folder(tmp_path: Path) ->
         ("backend", "amqp://broker", "unknown scheme 'amqp'; use one of: memory://, sqlite://"),
         ("backend", "sqlite:///:memory:", "names no file"),
         ("backend", "jobs.db", "is not a URL"),
+        ("backend", "", "must be a backend URL or None"),
+        ("eager", "no", "TASK_QUEUE_EAGER must be True or False"),
     ],
 )
 def test_bad_settings_raise_at_set_up(tmp_path: Path, setting: str, value: Any, message: str) -> None:
@@ -436,7 +438,9 @@ def test_with_several_apps_enqueue_needs_an_app_context(tmp_path: Path) -> None:
         ({"timeout": -2.5}, "timeout must be a number > 0"),
         ({"retry_backoff": -1}, "retry_backoff must be a number >= 0"),
         ({"queue": ""}, "queue must be a non-empty string"),
-        ({"priority": 1.5}, "priority must be an integer"),
+        ({"priority": 1.5}, "priority must be a 64-bit integer"),
+        ({"priority": 2**63}, "priority must be a 64-bit integer"),
+        ({"retries": 2**63}, "retries must be an integer"),
         ({"name": ""}, "task name must be a non-empty string"),
     ],
 )
@@ -472,3 +476,13 @@ def test_results_are_kept_for_result_ttl_and_failures_for_failed_ttl(make_queue:
         assert tasks.get_job(done.id) is None
         assert failed.status is JobStatus.FAILED
         assert failed.error == "ValueError: kept"
+
+
+def test_keyword_names_that_are_not_strings_raise(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def store(**fields: object) -> None: ...
+
+    with app.app_context(), pytest.raises(TypeError, match="keyword argument names must be strings"):
+        store.enqueue_many([((), {1: "a"})])  # type: ignore[dict-item]

@@ -281,3 +281,24 @@ def test_the_timeout_does_not_reach_the_app_contexts_teardown(make_queue: MakeQu
         job = fast.enqueue()
     assert job.result(timeout=30) == "in time"
     assert torn_down.wait(30)
+
+
+def test_other_flask_commands_do_not_start_workers(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from flask.cli import FlaskGroup
+
+    app = Flask(__name__, instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend="memory://", workers=1)
+
+    @tasks.task
+    def nightly() -> None: ...
+
+    @app.cli.command("enqueue-nightly")
+    def enqueue_nightly() -> None:
+        nightly.enqueue()
+        print("threads", tasks.stats()["workers"]["threads"])
+
+    result = CliRunner().invoke(FlaskGroup(create_app=lambda: app), ["enqueue-nightly"])
+    assert result.exit_code == 0, result.output
+    assert "threads 0" in result.output
+    tasks.shutdown(app=app)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overl
 
 import click
 from flask import current_app, has_app_context
+from flask.cli import FlaskGroup
 from flask.helpers import get_debug_flag
 
 from .. import signals
@@ -255,12 +256,16 @@ def _calls(
     return checked
 
 
+#: Priorities and retry counts are stored as 64-bit integers by the SQL backends.
+_INT64 = 2**63
+
+
 def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"{name}: queue must be a non-empty string, not {queue!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ValueError(f"{name}: priority must be an integer (lower runs first), not {priority!r}")
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -_INT64 <= priority < _INT64:
+        raise ValueError(f"{name}: priority must be a 64-bit integer (lower runs first), not {priority!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
         raise ValueError(
             f"{name}: retries must be an integer >= 0 (attempts after the first), not {retries!r}"
         )
@@ -533,7 +538,7 @@ class TaskQueue:
             return
         if state.pid != os.getpid():
             self._after_fork(state)
-        if state.no_workers or (not explicit and _in_reloader_parent()):
+        if state.no_workers or (not explicit and _must_not_start_workers()):
             return
         with state.lock:
             if state.worker is not None:
@@ -549,7 +554,14 @@ class TaskQueue:
             state.worker = worker
 
     def _after_fork(self, state: _AppState) -> None:
-        # The parent's threads do not exist here, and its connections must not be used: start afresh.
+        # The parent's threads do not exist here, and its connections must not be used: start afresh, once
+        # (several threads of the child may notice the fork at the same time).
+        with _fork_lock:
+            if state.pid == os.getpid():
+                return
+            self._reset(state)
+
+    def _reset(self, state: _AppState) -> None:
         state.pid = os.getpid()
         state.worker = None
         state.lock = threading.Lock()
@@ -590,6 +602,11 @@ class TaskQueue:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
+    if not isinstance(settings["eager"], bool):
+        raise ConfigurationError(f"TASK_QUEUE_EAGER must be True or False, not {settings['eager']!r}")
+    backend = settings["backend"]
+    if backend is not None and (not isinstance(backend, str) or not backend):
+        raise ConfigurationError(f"TASK_QUEUE_BACKEND must be a backend URL or None, not {backend!r}")
     workers = settings["workers"]
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigurationError(f"TASK_QUEUE_WORKERS must be an integer >= 0, not {workers!r}")
@@ -608,8 +625,10 @@ def _check_settings(settings: dict[str, Any]) -> None:
             )
 
 
-def _in_reloader_parent() -> bool:
-    """Whether this is the process of ``flask run --reload`` that only watches files (it never serves)."""
+def _must_not_start_workers() -> bool:
+    """Whether this process must not start workers by itself: the process of ``flask run --reload`` that
+    only watches files (it never serves), or any other ``flask`` command (``flask shell``, ``flask queue``,
+    a migration): their jobs wait for the processes that serve, or for ``flask queue worker``."""
     if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
         return False
     ctx = click.get_current_context(silent=True)
@@ -618,6 +637,8 @@ def _in_reloader_parent() -> bool:
             reload = ctx.params.get("reload")
             # Unset, it follows --debug (flask run decides so only after loading the app).
             return bool(get_debug_flag() if reload is None else reload)
+        if ctx.parent is None:
+            return isinstance(ctx.command, FlaskGroup)
         ctx = ctx.parent
     return False
 
@@ -638,6 +659,17 @@ def _shutdown(state: _AppState, timeout: float | None) -> StopReport:
                 report.unfinished,
             )
     return report
+
+
+_fork_lock = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()  # a parent thread may have held the old one at the fork
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 class _AtExit:

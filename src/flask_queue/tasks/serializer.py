@@ -36,6 +36,9 @@ class JSONSerializer:
     string keys. Tuples arrive as lists. Anything else raises ``TypeError`` at enqueue, in the caller."""
 
     def dumps_call(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+        for key in kwargs:
+            if not isinstance(key, str):
+                raise TypeError(f"{task}: keyword argument names must be strings, not {key!r}")
         try:
             return _encode({"args": list(args), "kwargs": dict(kwargs)})
         except (TypeError, ValueError) as exc:
@@ -70,8 +73,6 @@ def _name_the_argument(task: str, args: Sequence[Any], kwargs: Mapping[Any, Any]
         if problem:
             return TypeError(f"{task}: positional argument {index} {problem}")
     for name, value in kwargs.items():
-        if not isinstance(name, str):
-            return TypeError(f"{task}: keyword argument names must be strings, not {name!r}")
         problem = _problem(value)
         if problem:
             return TypeError(f"{task}: argument {name!r} {problem}")

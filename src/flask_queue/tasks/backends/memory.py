@@ -138,6 +138,11 @@ class MemoryBackend(Backend):
                 self.finished_here(record)
         return done
 
+    def after_fork(self) -> None:
+        # memory:// belongs to its process: a forked child starts empty (it would otherwise run the parent's
+        # jobs a second time) and with fresh locks (a parent thread may have held one at the fork).
+        self.__init__(self.url)  # type: ignore[misc]
+
     def interrupt(self) -> None:
         with self._lock:
             self._interrupts += 1
@@ -298,6 +303,7 @@ class MemoryBackend(Backend):
             return True
 
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
+        statuses = {JobStatus(status) for status in statuses}
         now = time.time()
         with self._lock:
             doomed = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -264,7 +265,9 @@ class SQLiteBackend(Backend):
             f" RETURNING {_COLUMNS}"
         )
         wake_at = (
-            "SELECT min(CASE WHEN lease_until IS NULL THEN eta ELSE max(eta, lease_until) END)"
+            # A lapsed lease at MAX_LOST is not handed out again (``_recover`` fails it): no wake-up for it.
+            f"SELECT min(CASE WHEN lease_until IS NULL THEN eta WHEN lost + 1 >= {MAX_LOST} THEN NULL"
+            " ELSE max(eta, lease_until) END)"
             f" FROM flask_queue_jobs WHERE status = 'queued'{where}"
         )
         while True:
@@ -449,7 +452,8 @@ class SQLiteBackend(Backend):
         return bool(changed)
 
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
-        clauses = [_STATUS_SQL[status] for status in statuses if status is not JobStatus.RUNNING]
+        chosen = {JobStatus(status) for status in statuses}
+        clauses = [_STATUS_SQL[status] for status in chosen if status is not JobStatus.RUNNING]
         if not clauses:
             return 0
         sql = f"DELETE FROM flask_queue_jobs WHERE ({' OR '.join(clauses)})"
@@ -535,14 +539,17 @@ _EFFECTIVE_STATUS = (
 )
 
 
+_ID = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})")
+
+
 def _key(job_id: str) -> dict[str, int]:
     """The row of a job id (``<seq>-<token>``): the rowid, and a random token, so that an id whose row was
-    deleted never names a later job given the same rowid. An id of another form matches no row."""
-    seq, _, token = job_id.partition("-")
-    try:
-        return {"seq": int(seq), "token": int(token, 16)}
-    except ValueError:
+    deleted never names a later job given the same rowid. Anything else (another spelling, another type)
+    matches no row."""
+    match = _ID.fullmatch(job_id) if isinstance(job_id, str) else None
+    if match is None:
         return {"seq": -1, "token": -1}
+    return {"seq": int(match.group(1)), "token": int(match.group(2), 16)}
 
 
 def _queue_filter(queues: Collection[str] | None) -> tuple[str, dict[str, str]]:
