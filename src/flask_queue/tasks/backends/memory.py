@@ -80,13 +80,7 @@ class MemoryBackend(Backend):
                 next_eta = self._promote(now)
                 record = self._pick(queues)
                 if record is not None:
-                    record.status = JobStatus.RUNNING
-                    record.attempts += 1
-                    record.started_at = now
-                    record.lease_until = now + lease
-                    record.worker = worker
-                    self._running[record.id] = record
-                    return copy.copy(record)
+                    return self._lease(record, worker, lease, now)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._interrupts != interrupts:
                     return None
@@ -105,14 +99,18 @@ class MemoryBackend(Backend):
             self._recover(now)
             self._promote(now)
             while len(taken) < limit and (record := self._pick(queues)) is not None:
-                record.status = JobStatus.RUNNING
-                record.attempts += 1
-                record.started_at = now
-                record.lease_until = now + lease
-                record.worker = worker
-                self._running[record.id] = record
-                taken.append(copy.copy(record))
+                taken.append(self._lease(record, worker, lease, now))
         return taken
+
+    def _lease(self, record: JobRecord, worker: str, lease: float, now: float) -> JobRecord:
+        """Hand a picked job to ``worker`` (under the lock); return a copy of its record."""
+        record.status = JobStatus.RUNNING
+        record.attempts += 1
+        record.started_at = now
+        record.lease_until = now + lease
+        record.worker = worker
+        self._running[record.id] = record
+        return copy.copy(record)
 
     def finish_batch(
         self, worker: str, succeeded: Sequence[tuple[str, str | None, float | None]]

@@ -257,13 +257,7 @@ class SQLiteBackend(Backend):
         where, params = _queue_filter(queues)
         # A leased job keeps its 'queued' row and index entry and gets a lease: taking it writes one page, and a
         # job whose lease lapsed is simply ready again (counted in ``lost``).
-        pick = (
-            f"UPDATE flask_queue_jobs SET attempts = attempts + 1, started_at = :now, lease_until = :until,"
-            f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq = (SELECT seq FROM"
-            f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
-            f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT 1)"
-            f" RETURNING {_COLUMNS}"
-        )
+        pick = _take_sql(where)
         wake_at = (
             # A lapsed lease at MAX_LOST is not handed out again (``_recover`` fails it): no wake-up for it.
             f"SELECT min(CASE WHEN lease_until IS NULL THEN eta WHEN lost + 1 >= {MAX_LOST} THEN NULL"
@@ -275,7 +269,7 @@ class SQLiteBackend(Backend):
             if now >= self._next_recover:
                 self._recover(now)
             version = db.execute("PRAGMA data_version").fetchone()[0]
-            values = {"now": now, "until": now + lease, "worker": worker, **params}
+            values = {"now": now, "until": now + lease, "worker": worker, "limit": 1, **params}
             row = self._retrying(lambda values=values: db.execute(pick, values).fetchone())  # type: ignore[misc]
             if row is not None:
                 return _record(row, now)
@@ -308,13 +302,7 @@ class SQLiteBackend(Backend):
         where, params = _queue_filter(queues)
         now = time.time()
         db = self._db()
-        sql = (
-            f"UPDATE flask_queue_jobs SET attempts = attempts + 1, started_at = :now, lease_until = :until,"
-            f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq IN (SELECT seq FROM"
-            f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
-            f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT :limit)"
-            f" RETURNING {_COLUMNS}"
-        )
+        sql = _take_sql(where)
         values = {"now": now, "until": now + lease, "worker": worker, "limit": limit, **params}
         rows = self._retrying(lambda: db.execute(sql, values).fetchall())
         records = [_record(row, now) for row in rows]
@@ -540,6 +528,17 @@ _EFFECTIVE_STATUS = (
 
 
 _ID = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})")
+
+
+def _take_sql(where: str) -> str:
+    """The statement that leases the ``:limit`` most urgent ready jobs (of the queues in ``where``)."""
+    return (
+        f"UPDATE flask_queue_jobs SET attempts = attempts + 1, started_at = :now, lease_until = :until,"
+        f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq IN (SELECT seq FROM"
+        f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
+        f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT :limit)"
+        f" RETURNING {_COLUMNS}"
+    )
 
 
 def _key(job_id: str) -> dict[str, int]:
