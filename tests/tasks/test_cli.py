@@ -107,3 +107,12 @@ def test_commands_without_a_task_queue_say_so() -> None:
     result = app.test_cli_runner().invoke(args=["queue", "status"])
     assert result.exit_code == 1
     assert "this app has no TaskQueue" in result.output
+
+
+def test_worker_names_the_queues_it_takes(make_queue: MakeQueue) -> None:
+    app, _ = make_queue(workers=0, queues=["mail", "reports"])
+    result = app.test_cli_runner().invoke(args=["queue", "worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    assert "queues: mail, reports" in result.output
+    everything = app.test_cli_runner().invoke(args=["queue", "worker", "--burst", "-q", "default"])
+    assert "queues: default" in everything.output
