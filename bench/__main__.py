@@ -83,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     for name, module_main in _OWN_FLAGS.items():
         if args.which in ("all", name):
-            # These take their settings from their own flags (python -m bench.<name> --help) and BENCH_*.
-            print(f"== {name} ==", flush=True)
+            # These take their settings from their own flags (python -m bench.<name> --help) and BENCH_*,
+            # and print their own headings.
             status = module_main(["--quick"] if args.quick else []) or status
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
     return status

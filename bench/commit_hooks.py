@@ -282,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, rounds=args.rounds)
     if args.commits:
         config = replace(config, commits=args.commits)
+    print("== commit_hooks ==", flush=True)
     results = run(config, log=lambda line: print(line, file=sys.stderr, flush=True))
     text = report(results)
     print(text)
