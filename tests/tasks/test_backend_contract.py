@@ -501,3 +501,26 @@ def test_a_forked_memory_backend_starts_empty() -> None:
     backend.after_fork()
     assert backend.size() == 0
     assert backend.jobs() == []
+
+
+def test_an_idle_sqlite_dequeue_does_not_spin_on_a_job_at_its_last_lost_lease(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "q.sqlite3")
+    try:
+        put(backend)
+        for n in range(MAX_LOST - 1):
+            assert take(backend, f"dies-{n}", lease=0.01, timeout=10.0) is not None
+        assert take(backend, "dies-last", lease=0.01, timeout=10.0) is not None
+        time.sleep(0.05)  # the last lease lapses: the job is neither ready nor failed until the recovery runs
+        statements = 0
+
+        def count(_: str) -> None:
+            nonlocal statements
+            statements += 1
+
+        backend._db().set_trace_callback(count)
+        backend._next_recover = time.time() + 3600  # keep the recovery away for the whole wait
+        assert take(backend, "idle", timeout=0.3) is None
+        # Polling every 10 ms costs a few statements a poll; the busy loop ran thousands.
+        assert statements < 500
+    finally:
+        backend.close()
