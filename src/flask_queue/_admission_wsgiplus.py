@@ -75,10 +75,7 @@ def wait_for_slot(
         yield from _respond(middleware._reject(environ, start_response, lane, ticket))
         return
     try:
-        if signals.request_admitted.receivers:
-            wait = ticket.admitted_at - ticket.arrived
-            middleware._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
-        iterable = middleware.app(environ, start_response)
+        iterable = middleware._call_admitted(environ, start_response, lane, ticket)
     except BaseException:
         lane.cancel(ticket)
         raise

@@ -338,10 +338,7 @@ class RequestQueueMiddleware:
                     lane.withdraw(ticket, "disconnected")
                 if ticket.state == REJECTED:
                     return self._reject(environ, start_response, lane, ticket)
-            if signals.request_admitted.receivers:
-                wait = ticket.admitted_at - ticket.arrived
-                self._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
-            iterable = self.app(environ, start_response)
+            iterable = self._call_admitted(environ, start_response, lane, ticket)
         except BaseException:
             lane.cancel(ticket)
             raise
@@ -385,6 +382,16 @@ class RequestQueueMiddleware:
             self._callback_failed("classify", "requests it fails on go to the default class 0")
             return 0
         return priority
+
+    def _call_admitted(
+        self, environ: WSGIEnvironment, start_response: StartResponse, lane: Lane, ticket: Ticket
+    ) -> Iterable[bytes]:
+        """Tell ``request_admitted`` and call the app for a request given its slot (the caller releases the
+        slot if this raises)."""
+        if signals.request_admitted.receivers:
+            wait = ticket.admitted_at - ticket.arrived
+            self._send(signals.request_admitted, lane=lane.name, wait=wait, environ=environ)
+        return self.app(environ, start_response)
 
     def _reject(
         self,

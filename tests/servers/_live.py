@@ -168,20 +168,27 @@ def start_server(kind: str, gate_dir: Path, log_dir: Path, *, workers: int = 1) 
 
     def launch() -> ServerProcess:
         port = free_port()
-        log_path = log_dir / f"{kind}-{port}.log"
-        log_file = log_path.open("wb")
-        proc = subprocess.Popen(
-            server_command(kind, port, workers),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=HERE,
-            env=env,
-            start_new_session=True,
-        )
-        return ServerProcess(kind, port, proc, log_path, log_file)
+        return spawn_server(kind, port, server_command(kind, port, workers), log_dir, HERE, env)
 
     return start_retrying(kind, launch)
+
+
+def spawn_server(
+    kind: str, port: int, command: list[str], log_dir: Path, cwd: Path, env: Mapping[str, str]
+) -> ServerProcess:
+    """Start ``command`` in a process group of its own, its output in ``log_dir``; do not wait for it."""
+    log_path = log_dir / f"{kind}-{port}.log"
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+    )
+    return ServerProcess(kind, port, proc, log_path, log_file)
 
 
 def start_retrying(kind: str, launch: Callable[[], ServerProcess]) -> ServerProcess:

@@ -18,6 +18,7 @@ from tests.servers._live import (
     ServerProcess,
     free_port,
     gunicorn_has_no_control_socket,
+    spawn_server,
     start_retrying,
 )
 
@@ -74,18 +75,9 @@ def spawn(
     environ = {**os.environ, **(env or {})}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(ROOT), environ.get("PYTHONPATH")]))
     environ["PYTHONUNBUFFERED"] = "1"
-    log_path = log_dir / f"{kind}-{port}.log"
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        command(kind, port, threads=threads, extra=extra, app=app),
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=HERE,
-        env=environ,
-        start_new_session=True,
+    return spawn_server(
+        kind, port, command(kind, port, threads=threads, extra=extra, app=app), log_dir, HERE, environ
     )
-    return ServerProcess(kind, port, proc, log_path, log_file)
 
 
 def start(
