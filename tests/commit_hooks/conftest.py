@@ -12,16 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from flask_queue.sqlalchemy import on_commit
+from tests._services import POSTGRES_URL, require_postgres
 
 from ._models import Base, Thing
 
-POSTGRES_URL = os.environ.get("FLASK_QUEUE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
 
 
@@ -51,19 +50,6 @@ def sqlite_engine(path: Path) -> Engine:
 
 def postgres_sqlalchemy_url(driver: str = "psycopg") -> str:
     return make_url(POSTGRES_URL).set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
-
-
-def require_postgres() -> None:
-    """Skip (fail under CI) when PostgreSQL cannot be reached."""
-    try:
-        psycopg.connect(
-            make_url(POSTGRES_URL).render_as_string(hide_password=False), connect_timeout=3
-        ).close()
-    except psycopg.Error as error:
-        message = f"PostgreSQL at {make_url(POSTGRES_URL)!r} is unreachable ({error}); set FLASK_QUEUE_TEST_POSTGRES_URL"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

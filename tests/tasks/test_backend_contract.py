@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flask_queue import BackendError, JobCancelled, JobStatus, TaskFailed
-from flask_queue.tasks.backends.base import LOST_ERROR, MAX_LOST, Backend
+from flask_queue.tasks.backends.base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
 from flask_queue.tasks.job import JobRecord
 
@@ -524,3 +524,42 @@ def test_an_idle_sqlite_dequeue_does_not_spin_on_a_job_at_its_last_lost_lease(tm
         assert statements < 500
     finally:
         backend.close()
+
+
+def _worker_info(
+    name: str, *, seen_at: float | None = None, ttl: float = 30.0, running: int = 0
+) -> WorkerInfo:
+    now = time.time() if seen_at is None else seen_at
+    return WorkerInfo(
+        name=name,
+        host="host",
+        pid=123,
+        queues=["default", "mail"],
+        threads=4,
+        running=running,
+        processed=7,
+        started_at=now - 5,
+        seen_at=now,
+        ttl=ttl,
+    )
+
+
+def test_a_worker_beat_is_listed_until_it_is_forgotten(backend: Backend) -> None:
+    assert backend.workers() == []
+    backend.beat(_worker_info("b:2"))
+    backend.beat(_worker_info("a:1"))
+    backend.beat(_worker_info("a:1", running=3))
+    workers = backend.workers()
+    assert [info.name for info in workers] == ["a:1", "b:2"]
+    assert workers[0].running == 3
+    assert workers[0].queues == ["default", "mail"]
+    assert (workers[0].threads, workers[0].processed, workers[0].pid) == (4, 7, 123)
+    backend.forget("a:1")
+    backend.forget("no-such-worker")
+    assert [info.name for info in backend.workers()] == ["b:2"]
+
+
+def test_a_worker_that_stopped_beating_is_not_listed(backend: Backend) -> None:
+    backend.beat(_worker_info("stale", seen_at=time.time() - 60, ttl=10))
+    backend.beat(_worker_info("alive", ttl=10))
+    assert [info.name for info in backend.workers()] == ["alive"]

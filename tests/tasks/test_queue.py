@@ -370,7 +370,11 @@ def test_the_default_backend_is_sqlite_in_the_instance_folder(tmp_path: Path) ->
         ("lease", 0, "TASK_QUEUE_LEASE must be a number > 0"),
         ("result_ttl", -5, "TASK_QUEUE_RESULT_TTL"),
         ("queues", [], "TASK_QUEUE_QUEUES"),
-        ("backend", "amqp://broker", "unknown scheme 'amqp'; use one of: memory://, sqlite://"),
+        (
+            "backend",
+            "amqp://broker",
+            r"unknown scheme 'amqp'; use one of: memory://, sqlite://, redis:// \(pip install 'flask-queue\[redis\]'\)",
+        ),
         ("backend", "sqlite:///:memory:", "names no file"),
         ("backend", "jobs.db", "is not a URL"),
         ("backend", "", "must be a backend URL or None"),

@@ -1,4 +1,4 @@
-"""Task backends, chosen by URL: ``memory://``, ``sqlite:///path``, and (later) ``redis://``, ``postgresql://``.
+"""Task backends, chosen by URL: ``memory://``, ``sqlite:///path``, ``redis://...``, ``postgresql://...``.
 
 Each backend lives in its own module and imports its third-party library there, so using one backend never
 requires another's; a missing library is named with the extra that installs it.
@@ -15,8 +15,15 @@ from .base import Backend
 
 __all__ = ["Backend", "backend_from_url", "hide_password"]
 
-#: Schemes understood today, and the extra each needs (``None``: nothing to install).
-SCHEMES = {"memory": None, "sqlite": None}
+#: Schemes understood, and the extra each needs (``None``: nothing to install).
+SCHEMES = {
+    "memory": None,
+    "sqlite": None,
+    "redis": "redis",
+    "rediss": "redis",
+    "postgresql": "postgres",
+    "postgres": "postgres",
+}
 
 
 def backend_from_url(url: str, *, base_dir: str | os.PathLike[str] | None = None) -> Backend:
@@ -48,13 +55,35 @@ def backend_from_url(url: str, *, base_dir: str | os.PathLike[str] | None = None
         if not file.is_absolute():
             file = Path(base_dir or os.getcwd()) / file
         return SQLiteBackend(file)
+    if scheme in ("redis", "rediss"):
+        try:
+            from .redis import RedisBackend
+        except ImportError as exc:
+            raise _missing(url, scheme, exc) from exc
+        return RedisBackend(url)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresBackend
+        except ImportError as exc:
+            raise _missing(url, scheme, exc) from exc
+        return PostgresBackend(url)
     raise ConfigurationError(
         f"TASK_QUEUE_BACKEND={hide_password(url)!r}: unknown scheme {scheme!r}; use one of: {_supported()}"
     )
 
 
 def _supported() -> str:
-    return ", ".join(f"{scheme}://" for scheme in SCHEMES)
+    return ", ".join(
+        f"{scheme}://" + (f" (pip install 'flask-queue[{extra}]')" if extra else "")
+        for scheme, extra in SCHEMES.items()
+    )
+
+
+def _missing(url: str, scheme: str, exc: ImportError) -> ConfigurationError:
+    return ConfigurationError(
+        f"TASK_QUEUE_BACKEND={hide_password(url)!r} needs {exc.name or 'a library'} which is not installed:"
+        f" pip install 'flask-queue[{SCHEMES[scheme]}]'"
+    )
 
 
 def hide_password(url: str) -> str:

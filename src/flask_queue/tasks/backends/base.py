@@ -25,15 +25,17 @@ dies stops renewing, its lease lapses, and the next ``dequeue`` hands the job ou
 from __future__ import annotations
 
 import abc
+import json
 import threading
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..job import FINISHED, JobRecord, JobStatus, Watcher
 
-__all__ = ["MAX_LOST", "Backend"]
+__all__ = ["MAX_LOST", "Backend", "WorkerInfo"]
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -44,6 +46,37 @@ LOST_ERROR = (
     f"WorkerLost: the job was handed to a worker {MAX_LOST} times and each time its worker stopped renewing"
     " the lease (it died, was killed, or hung)"
 )
+
+
+@dataclass
+class WorkerInfo:
+    """A worker's heartbeat: who it is and what it does, as ``flask queue status`` and the dashboard show it.
+
+    A worker process (``flask queue worker``, or a web process's worker threads) beats every few seconds; it
+    counts as alive until ``seen_at + ttl`` and is forgotten when it stops cleanly.
+    """
+
+    #: Unique among the workers of one backend: ``host:pid:token``.
+    name: str
+    host: str
+    pid: int
+    #: The queues it takes; ``None``: every queue.
+    queues: list[str] | None
+    threads: int
+    #: Jobs it runs now, and jobs it finished since it started.
+    running: int
+    processed: int
+    started_at: float
+    seen_at: float
+    #: Seconds after ``seen_at`` during which it counts as alive without another beat.
+    ttl: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerInfo:
+        return cls(**json.loads(text))
 
 
 class Backend(abc.ABC):
@@ -153,6 +186,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def expire(self) -> int:
         """Delete finished jobs whose ``expires_at`` has passed; return how many."""
+
+    @abc.abstractmethod
+    def beat(self, info: WorkerInfo) -> None:
+        """Record a worker's heartbeat (``info.seen_at`` is now), replacing its last one."""
+
+    @abc.abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """The workers alive now (a beat within its ``ttl``), ordered by name. Stale beats may be deleted."""
+
+    @abc.abstractmethod
+    def forget(self, name: str) -> None:
+        """Drop a worker's heartbeat: it stopped cleanly."""
 
     def dequeue_batch(
         self, queues: Collection[str] | None, worker: str, lease: float, limit: int

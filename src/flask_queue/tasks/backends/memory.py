@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Collection, Sequence
 
 from ..job import FINISHED, JobRecord, JobStatus
-from .base import LOST_ERROR, MAX_LOST, Backend
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
 
 __all__ = ["MemoryBackend"]
 
@@ -42,6 +42,7 @@ class MemoryBackend(Backend):
         self._interrupts = 0
         self._prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
+        self._workers: dict[str, WorkerInfo] = {}
 
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         now = time.time()
@@ -369,3 +370,19 @@ class MemoryBackend(Backend):
         """Jobs not finished (queued, scheduled or running): what exiting now would lose."""
         with self._lock:
             return sum(1 for record in self._jobs.values() if record.status not in FINISHED)
+
+    def beat(self, info: WorkerInfo) -> None:
+        with self._lock:
+            self._workers[info.name] = copy.copy(info)
+
+    def workers(self) -> list[WorkerInfo]:
+        now = time.time()
+        with self._lock:
+            for name, info in list(self._workers.items()):
+                if info.seen_at + info.ttl < now:
+                    del self._workers[name]
+            return [copy.copy(self._workers[name]) for name in sorted(self._workers)]
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._workers.pop(name, None)

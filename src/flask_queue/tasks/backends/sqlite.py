@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ...exceptions import BackendError
 from ..job import JobRecord, JobStatus
-from .base import LOST_ERROR, MAX_LOST, Backend
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
 
 __all__ = ["SQLiteBackend"]
 
@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS flask_queue_jobs (
     lost INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS flask_queue_ready ON flask_queue_jobs (priority, seq) WHERE status = 'queued';
+CREATE TABLE IF NOT EXISTS flask_queue_workers (
+    name TEXT PRIMARY KEY,
+    info TEXT NOT NULL,
+    alive_until REAL NOT NULL
+);
 """
 
 #: Seconds a statement waits for another process's write lock before it counts as a collision.
@@ -501,6 +506,27 @@ class SQLiteBackend(Backend):
             " AND status IN ('succeeded', 'failed', 'cancelled')",
             {"now": time.time()},
         )
+
+    def beat(self, info: WorkerInfo) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM flask_queue_workers WHERE alive_until < ?", (info.seen_at,))
+            db.execute(
+                "INSERT OR REPLACE INTO flask_queue_workers (name, info, alive_until) VALUES (?, ?, ?)",
+                (info.name, info.to_json(), info.seen_at + info.ttl),
+            )
+
+    def workers(self) -> list[WorkerInfo]:
+        db = self._db()
+        rows = self._retrying(
+            lambda: db.execute(
+                "SELECT info FROM flask_queue_workers WHERE alive_until >= ? ORDER BY name", (time.time(),)
+            ).fetchall(),
+            write=False,
+        )
+        return [WorkerInfo.from_json(info) for (info,) in rows]
+
+    def forget(self, name: str) -> None:
+        self._changed("DELETE FROM flask_queue_workers WHERE name = ?", (name,))
 
 
 _INSERT = (
