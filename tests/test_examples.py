@@ -25,8 +25,9 @@ from flask import Flask
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
-from examples.demo import SELF_URL_KEY, bursts_of, classify, create_app
+from examples.demo import SELF_URL_KEY, WORK_BATCH, bursts_of, classify, create_app
 from flask_queue import signals
+from tests.servers._live import wait_for
 
 TIMEOUT = 10.0
 
@@ -94,6 +95,29 @@ class Get:
         return self
 
 
+MakeApp = Callable[..., Flask]
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[MakeApp]:
+    """``create_app`` with its task queue in a file of the test's own and no worker threads unless asked;
+    teardown stops the workers and closes the file."""
+    apps: list[Flask] = []
+
+    def make(**kwargs: Any) -> Flask:
+        kwargs.setdefault("task_backend", f"sqlite:///{tmp_path / f'jobs-{len(apps)}.sqlite3'}")
+        kwargs.setdefault("task_workers", 0)
+        app = create_app(**kwargs)
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        tasks = app.extensions["flask-queue.tasks"].extension
+        tasks.shutdown(app=app)
+        tasks.backend(app).close()
+
+
 @pytest.fixture
 def gate() -> Iterator[Gate]:
     gate = Gate()
@@ -126,8 +150,8 @@ def lane_stats(app: Flask, lane: str = "default") -> dict[str, Any]:
 # -- the page and the exempt endpoints ------------------------------------------------------------------
 
 
-def test_the_page_renders_its_controls_and_assets() -> None:
-    app = create_app()
+def test_the_page_renders_its_controls_and_assets(make_app: MakeApp) -> None:
+    app = make_app()
     client = app.test_client()
     with client.get("/") as response:
         assert response.status_code == 200
@@ -141,6 +165,8 @@ def test_the_page_renders_its_controls_and_assets() -> None:
         for size in (5, 20, 50):
             assert f'data-target="{target}" data-size="{size}"' in page
     assert 'id="important"' in page
+    assert 'id="add-work"' in page
+    assert 'href="/queue/"' in page
     # No inline script or style, nothing from elsewhere: the CSP above would block it anyway.
     assert not re.search(r"<script>|<style|style=|https?://", page)
     for asset in ("demo.css", "demo.js", "favicon.svg"):
@@ -149,14 +175,14 @@ def test_the_page_renders_its_controls_and_assets() -> None:
             assert response.status_code == 200
 
 
-def test_health() -> None:
-    with create_app().test_client().get("/health") as response:
+def test_health(make_app: MakeApp) -> None:
+    with make_app().test_client().get("/health") as response:
         assert response.status_code == 200
         assert response.get_json() == {"status": "ok"}
 
 
-def test_the_stats_json_is_the_queues_stats() -> None:
-    app = create_app(
+def test_the_stats_json_is_the_queues_stats(make_app: MakeApp) -> None:
+    app = make_app(
         concurrency=3,
         max_queue_size=7,
         queue_timeout=4.0,
@@ -208,8 +234,10 @@ def test_the_stats_json_is_the_queues_stats() -> None:
 # -- lanes under a burst --------------------------------------------------------------------------------
 
 
-def test_a_full_lane_answers_503_with_retry_after(gate: Gate, spawn: Callable[..., Get]) -> None:
-    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+def test_a_full_lane_answers_503_with_retry_after(
+    gate: Gate, spawn: Callable[..., Get], make_app: MakeApp
+) -> None:
+    app = make_app(concurrency=1, max_queue_size=1, work=gate)
     queued = Tally()
     with signals.request_queued.connected_to(queued, sender=app):
         running = spawn(app, "/slow")
@@ -231,9 +259,9 @@ def test_a_full_lane_answers_503_with_retry_after(gate: Gate, spawn: Callable[..
     assert (stats["running"], stats["waiting"], stats["admitted"]) == (0, 0, 2)
 
 
-def test_the_reports_lane_fills_on_its_own(spawn: Callable[..., Get]) -> None:
+def test_the_reports_lane_fills_on_its_own(spawn: Callable[..., Get], make_app: MakeApp) -> None:
     gate = Gate("report")
-    app = create_app(report_concurrency=1, report_max_queue_size=0, work=gate)
+    app = make_app(report_concurrency=1, report_max_queue_size=0, work=gate)
     report = spawn(app, "/report")
     gate.wait_inside()
     client = app.test_client()
@@ -249,8 +277,10 @@ def test_the_reports_lane_fills_on_its_own(spawn: Callable[..., Get]) -> None:
     assert report.join().status == 200
 
 
-def test_exempt_endpoints_answer_while_every_lane_is_full(gate: Gate, spawn: Callable[..., Get]) -> None:
-    app = create_app(concurrency=1, max_queue_size=0, report_max_queue_size=0, work=gate)
+def test_exempt_endpoints_answer_while_every_lane_is_full(
+    gate: Gate, spawn: Callable[..., Get], make_app: MakeApp
+) -> None:
+    app = make_app(concurrency=1, max_queue_size=0, report_max_queue_size=0, work=gate)
     spawn(app, "/slow")
     spawn(app, "/report")
     gate.wait_inside(2)
@@ -258,7 +288,16 @@ def test_exempt_endpoints_answer_while_every_lane_is_full(gate: Gate, spawn: Cal
     for path in ("/slow", "/report"):
         with client.get(path) as response:
             assert response.status_code == 503
-    for path in ("/health", "/api/stats", "/api/bursts", "/", "/static/demo.js"):
+    for path in (
+        "/health",
+        "/api/stats",
+        "/api/bursts",
+        "/api/tasks",
+        "/",
+        "/static/demo.js",
+        "/queue/api/stats",
+        "/metrics",
+    ):
         with client.get(path) as response:
             assert response.status_code == 200, path
 
@@ -269,9 +308,9 @@ def test_exempt_endpoints_answer_while_every_lane_is_full(gate: Gate, spawn: Cal
     ids=["header", "query"],
 )
 def test_an_important_request_takes_the_place_of_an_ordinary_waiter(
-    gate: Gate, spawn: Callable[..., Get], headers: dict[str, str], query: str
+    gate: Gate, spawn: Callable[..., Get], headers: dict[str, str], query: str, make_app: MakeApp
 ) -> None:
-    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+    app = make_app(concurrency=1, max_queue_size=1, work=gate)
     queued, rejected = Tally(), Tally()
     with (
         signals.request_queued.connected_to(queued, sender=app),
@@ -328,14 +367,14 @@ def test_classify(environ: dict[str, str], priority: int) -> None:
         (["slow", 5], 400),
     ],
 )
-def test_a_burst_needs_a_known_target_and_a_size(body: object, status: int) -> None:
-    with create_app().test_client().post("/api/bursts", json=body) as response:
+def test_a_burst_needs_a_known_target_and_a_size(body: object, status: int, make_app: MakeApp) -> None:
+    with make_app().test_client().post("/api/bursts", json=body) as response:
         assert response.status_code == status
         assert "error" in response.get_json()
 
 
-def test_a_burst_must_be_posted_as_json() -> None:
-    client = create_app().test_client()
+def test_a_burst_must_be_posted_as_json(make_app: MakeApp) -> None:
+    client = make_app().test_client()
     with client.post("/api/bursts", data={"target": "slow", "size": "5"}) as response:
         assert response.status_code == 415
     with client.get("/api/bursts") as response:
@@ -361,8 +400,8 @@ def live_server(app: Flask) -> Iterator[str]:
         assert not thread.is_alive()
 
 
-def test_a_burst_through_a_live_server_tallies_200s_and_503s(gate: Gate) -> None:
-    app = create_app(concurrency=1, max_queue_size=1, work=gate)
+def test_a_burst_through_a_live_server_tallies_200s_and_503s(gate: Gate, make_app: MakeApp) -> None:
+    app = make_app(concurrency=1, max_queue_size=1, work=gate)
     queued, rejected = Tally(), Tally()
     with (
         live_server(app) as url,
@@ -403,6 +442,72 @@ def test_a_burst_through_a_live_server_tallies_200s_and_503s(gate: Gate) -> None
     assert full["retry_after_min"] >= 1
 
 
+# -- add work: the task queue ----------------------------------------------------------------------------------
+
+
+def task_counts(app: Flask) -> dict[str, int]:
+    with app.test_client().get("/api/tasks") as response:
+        assert response.status_code == 200
+        counts: dict[str, int] = response.get_json()
+    return counts
+
+
+def test_add_work_enqueues_a_batch_and_the_workers_burn_it_down(make_app: MakeApp) -> None:
+    started = threading.Semaphore(0)
+    go_on = threading.Event()
+
+    def hold(number: int) -> None:
+        started.release()
+        assert go_on.wait(TIMEOUT)
+
+    app = make_app(task_workers=1, task_work=hold)
+    client = app.test_client()
+    for _ in range(2):
+        with client.post("/api/work", json={}) as response:
+            assert response.status_code == 202
+            assert len(response.get_json()["jobs"]) == WORK_BATCH
+    assert started.acquire(timeout=TIMEOUT)
+    counts = task_counts(app)
+    assert (counts["queued"], counts["running"]) == (2 * WORK_BATCH - 1, 1)
+    go_on.set()
+    wait_for("the queue to burn down", lambda: task_counts(app), lambda c: c["succeeded"] == 2 * WORK_BATCH)
+    assert task_counts(app)["queued"] == 0
+
+
+def test_a_failing_job_fails_and_shows_in_the_dashboard(make_app: MakeApp) -> None:
+    app = make_app()
+    client = app.test_client()
+    with client.post("/api/work", json={"fail": True}) as response:
+        assert response.status_code == 202
+    tasks = app.extensions["flask-queue.tasks"].extension
+    assert tasks.drain(app) == 1
+    assert task_counts(app)["failed"] == 1
+    with client.get("/queue/") as response:
+        assert response.status_code == 200
+        page = response.get_data(as_text=True)
+    assert "this job always fails (&lt;b&gt;not bold&lt;/b&gt;)" in page
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [({"data": "fail"}, 415), ({"json": {"fail": "yes"}}, 400), ({"json": [True]}, 400)],
+)
+def test_add_work_takes_json(make_app: MakeApp, kwargs: dict[str, Any], status: int) -> None:
+    app = make_app()
+    with app.test_client().post("/api/work", **kwargs) as response:
+        assert response.status_code == status
+        assert "error" in response.get_json()
+    assert sum(task_counts(app).values()) == 0
+
+
+def test_the_dashboard_is_for_this_machine_only(make_app: MakeApp) -> None:
+    client = make_app().test_client()
+    with client.get("/queue/", environ_base={"REMOTE_ADDR": "127.0.0.1"}) as response:
+        assert response.status_code == 200
+    with client.get("/queue/", environ_base={"REMOTE_ADDR": "192.0.2.9"}) as response:
+        assert response.status_code == 403
+
+
 # -- python -m examples.demo (what make demo runs) ---------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -418,15 +523,32 @@ def demo(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def test_the_demo_serves_until_ctrl_c() -> None:
-    process = demo("--port", "0")
+def test_the_demo_serves_until_ctrl_c(tmp_path: Path) -> None:
+    process = demo("--port", "0", "--tasks", f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
     try:
         assert process.stdout is not None
         first = process.stdout.readline()
         match = re.fullmatch(r"Flask-Queue demo on (http://127\.0\.0\.1:[0-9]+/)\n", first)
         assert match, first
-        with urllib.request.urlopen(match[1] + "health", timeout=TIMEOUT) as response:
+        url = match[1]
+        with urllib.request.urlopen(url + "health", timeout=TIMEOUT) as response:
             assert json.load(response) == {"status": "ok"}
+        with urllib.request.urlopen(url + "queue/", timeout=TIMEOUT) as response:
+            assert response.status == 200
+        add = urllib.request.Request(
+            url + "api/work", data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(add, timeout=TIMEOUT) as response:
+            assert response.status == 202
+
+        def counts() -> dict[str, int]:
+            with urllib.request.urlopen(url + "api/tasks", timeout=TIMEOUT) as response:
+                found: dict[str, int] = json.load(response)
+            return found
+
+        wait_for(
+            "the demo's workers to run the work", counts, lambda c: c["succeeded"] == WORK_BATCH, timeout=60
+        )
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=TIMEOUT)
     finally:

@@ -20,3 +20,10 @@ def test_all_matches_the_public_names() -> None:
 def test_every_exported_name_resolves() -> None:
     for name in flask_queue.__all__:
         assert getattr(flask_queue, name) is not None
+
+
+def test_the_dashboard_is_exported_from_its_package() -> None:
+    from flask_queue.dashboard import Dashboard
+
+    assert flask_queue.Dashboard is Dashboard
+    assert "Dashboard" in flask_queue.__all__

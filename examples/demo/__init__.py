@@ -1,7 +1,15 @@
-"""The Flask-Queue demo: the request queue at work, on one page.
+"""The Flask-Queue demo: the request queue and the task queue at work, on one page, and the dashboard.
 
-``make demo`` (or ``python -m examples.demo``) serves it with waitress on http://127.0.0.1:5000/. The page
-fires bursts of requests at two endpoints and shows, live, what the queue does with them:
+``make demo`` (or ``python -m examples.demo``) serves it with waitress on http://127.0.0.1:5000/.
+
+The seed's "add work": each click of **Add work** enqueues a few jobs of about a second into the task queue
+(the embedded default, a SQLite file in the instance folder), and two worker threads in the server process
+burn them down; the page shows the waiting count grow and fall. **Add a failing job** enqueues one that
+raises, to retry from the dashboard at ``/queue/`` (served to clients on this machine only). ``/metrics``
+has the same figures for Prometheus.
+
+The page also fires bursts of requests at two endpoints and shows, live, what the request queue does with
+them:
 
 - ``/slow`` (1 s of work) is in the default lane: 4 run at once, 10 wait, the rest are answered 503 at
   once, and a request that waited 2.5 s is answered 503 too. Each 503 carries ``Retry-After``.
@@ -9,15 +17,18 @@ fires bursts of requests at two endpoints and shows, live, what the queue does w
   A burst of reports leaves ``/slow`` alone: each lane has its own slots and line.
 - A request sent with ``X-Priority: high`` (or ``?priority=high``) is served before the others, and when the
   line is full it takes the place of the newest ordinary waiter, which is answered 503 ``shed``.
-- ``/health``, ``/api/stats`` (``queue.stats()`` as JSON), the page and its static files are exempt: they
-  answer at once even while every lane is full.
+- ``/health``, ``/api/stats`` (``queue.stats()`` as JSON), ``/api/tasks``, the page, its static files,
+  the dashboard and ``/metrics`` are exempt: they answer at once even while every lane is full.
 
 ``create_app()`` takes the limits and durations as arguments, so tests can make them small, and ``work``, a
-function called with the endpoint's name in place of the sleep, so tests can hold requests in a view.
+function called with the endpoint's name in place of the sleep, so tests can hold requests in a view. The
+task queue's backend URL, its worker threads and a job's duration are arguments too.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -25,11 +36,13 @@ from typing import Any, Final
 from flask import Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from flask_queue import RequestQueue
+from flask_queue import Dashboard, JobStatus, RequestQueue, TaskQueue
+from flask_queue.metrics import ENDPOINT as METRICS_ENDPOINT
+from flask_queue.metrics import Metrics
 
 from ._bursts import MAX_BURST, BurstRefused, Bursts
 
-__all__ = ["SELF_URL_KEY", "TARGETS", "bursts_of", "classify", "create_app"]
+__all__ = ["SELF_URL_KEY", "TARGETS", "WORK_BATCH", "bursts_of", "classify", "create_app", "on_this_machine"]
 
 #: What the page can fire bursts at: name -> (path, lane).
 TARGETS: Final = {"slow": ("/slow", "default"), "report": ("/report", "reports")}
@@ -40,6 +53,20 @@ SELF_URL_KEY: Final = "DEMO_SELF_URL"
 _BURSTS_KEY: Final = "flask-queue-demo.bursts"
 
 _PRIORITIES: Final = {"high": 0, "normal": 1, "low": 2}
+
+#: Jobs one click of "Add work" enqueues.
+WORK_BATCH: Final = 5
+
+
+def on_this_machine() -> bool:
+    """The dashboard's ``authorize``: a client on this machine (the demo listens on 127.0.0.1 by default).
+
+    A real app asks its login instead, e.g. ``lambda: current_user.is_authenticated and current_user.is_admin``.
+    """
+    try:
+        return ipaddress.ip_address(request.remote_addr or "").is_loopback
+    except ValueError:
+        return False
 
 
 def classify(environ: dict[str, Any]) -> int:
@@ -68,15 +95,38 @@ def create_app(
     slow_seconds: float = 1.0,
     report_seconds: float = 2.0,
     work: Callable[[str], object] | None = None,
+    task_backend: str | None = None,
+    task_workers: int = 2,
+    task_seconds: float = 1.0,
+    task_work: Callable[[int], object] | None = None,
 ) -> Flask:
     """The demo app. The first three arguments are the default lane's limits, the next three the reports lane's.
 
     :param slow_seconds: how long ``/slow`` works (sleeps).
     :param report_seconds: how long ``/report`` works.
     :param work: called as ``work("slow")`` or ``work("report")`` instead of sleeping.
+    :param task_backend: the task queue's URL (default: SQLite in the instance folder).
+    :param task_workers: worker threads in the server process.
+    :param task_seconds: how long a job of "Add work" works (sleeps).
+    :param task_work: called with the job's number instead of sleeping.
     """
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    tasks = TaskQueue(app, backend=task_backend, workers=task_workers)
+
+    @tasks.task(name="demo.work")
+    def background_work(number: int) -> str:
+        if task_work is None:
+            time.sleep(task_seconds)
+        else:
+            task_work(number)
+        return f"job {number} done"
+
+    @tasks.task(name="demo.fail")
+    def failing_work(note: str) -> None:
+        # The note carries markup on purpose: the dashboard shows it as text.
+        raise ValueError(f"this job always fails ({note})")
+
     queue = RequestQueue(
         app,
         concurrency=concurrency,
@@ -155,6 +205,37 @@ def create_app(
             return jsonify(error=str(refused)), 409
         return jsonify(burst.as_dict()), 202
 
+    numbers = itertools.count(1)
+
+    @app.post("/api/work")
+    @queue.exempt
+    def add_work() -> ResponseReturnValue:
+        # JSON only, as for bursts: a cross-site form cannot post it.
+        if not request.is_json:
+            return jsonify(error='send JSON: {"fail": false}'), 415
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict) or not isinstance(data.get("fail", False), bool):
+            return jsonify(error='the body must be {"fail": true} or {"fail": false}'), 400
+        if data.get("fail"):
+            jobs = [failing_work.enqueue("<b>not bold</b>")]
+        else:
+            jobs = background_work.enqueue_many([((next(numbers),), {}) for _ in range(WORK_BATCH)])
+        return jsonify(jobs=[job.id for job in jobs]), 202
+
+    @app.get("/api/tasks")
+    @queue.exempt
+    def task_counts() -> Response:
+        totals = dict.fromkeys(map(str, JobStatus), 0)
+        for counts in tasks.stats()["queues"].values():
+            for status, count in counts.items():
+                totals[status] += count
+        return _no_store(jsonify(totals))
+
+    dashboard = Dashboard(app, url_prefix="/queue", authorize=on_this_machine, refresh=1.0)
+    queue.exempt(dashboard.blueprint)
+    Metrics(app, path="/metrics")
+    queue.exempt(METRICS_ENDPOINT)
+
     @app.get("/")
     @queue.exempt
     def index() -> str:
@@ -172,6 +253,9 @@ def create_app(
                 for name, (path, lane) in TARGETS.items()
             ],
             sizes=(5, 20, 50),
+            work_batch=WORK_BATCH,
+            task_seconds=task_seconds,
+            task_workers=task_workers,
         )
 
     queue.exempt("static")  # Flask's own static view, by endpoint: the page's CSS and JS load during a burst

@@ -1,9 +1,17 @@
-"""Serve the demo with waitress: ``python -m examples.demo [--host H] [--port P] [--threads N]``.
+"""Serve the demo with waitress: ``python -m examples.demo [--host H] [--port P] [--threads N] [--tasks URL]``.
 
 The port comes from ``--port``, else the ``PORT`` environment variable, else 5000 (``PORT=5001 make demo``).
 waitress runs each request in one of its threads; with more threads than the lanes can hold (running plus
 waiting), the waiting happens in the request queue, where it is bounded and visible, rather than in
-waitress's own backlog. Ctrl-C stops the server.
+waitress's own backlog. The task queue is the embedded default, a SQLite file in the instance folder, unless
+``--tasks`` names another backend. Ctrl-C stops the server, and the task workers finish their jobs first.
+
+Why waitress and not gunicorn's WSGI+ worker: waitress is pure Python and runs wherever the venv does
+(gunicorn does not run on Windows), it is one process, so the page's request-queue figures are the whole
+server's, and it can listen on port 0 and say which port it got. The same app runs under WSGI+, where a
+waiting request holds no thread::
+
+    gunicorn -k flask_queue.gunicorn.WSGIPlusWorker --workers 1 --threads 32 'examples.demo:create_app()'
 """
 
 from __future__ import annotations
@@ -46,10 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         help="port to listen on (default $PORT or 5000; 0 picks a free one)",
     )
     parser.add_argument("--threads", type=int, default=32, help="waitress threads (default 32)")
+    parser.add_argument(
+        "--tasks",
+        metavar="URL",
+        default=None,
+        help="task queue backend (default: SQLite in the instance folder)",
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    app = create_app(task_backend=args.tasks)
     try:
         # Bursts open up to 100 connections at once on top of the page's own; waitress's default limit is 100.
         server = create_server(
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     lanes = RequestQueue.middleware(app).stats()["lanes"].values()
     held = sum(lane["limits"]["concurrency"] + lane["limits"]["max_queue_size"] for lane in lanes)
     print(f"Flask-Queue demo on {url}/")
+    print(f"  dashboard on {url}/queue/ (for clients on this machine)")
     print(
         f"  waitress with {args.threads} threads; the lanes hold at most {held} of them (running + waiting)."
     )

@@ -7,6 +7,7 @@ live in ``flask_queue.sqlalchemy``, WSGI+ in ``flask_queue.wsgiplus`` and ``flas
 from __future__ import annotations
 
 from .admission import EXEMPT, RequestQueue, RequestQueueMiddleware
+from .dashboard import Dashboard
 from .exceptions import (
     BackendError,
     ConfigurationError,
@@ -23,6 +24,7 @@ __all__ = [
     "EXEMPT",
     "BackendError",
     "ConfigurationError",
+    "Dashboard",
     "FlaskQueueError",
     "Job",
     "JobCancelled",

@@ -1,4 +1,5 @@
-// The demo page: fires bursts through POST /api/bursts and redraws from /api/stats and /api/bursts.
+// The demo page: adds work through POST /api/work, fires bursts through POST /api/bursts, and redraws from
+// /api/tasks, /api/stats and /api/bursts.
 // Everything shown is put in the page with textContent, never parsed as HTML.
 "use strict";
 
@@ -164,6 +165,43 @@
     document.getElementById("bursts").replaceChildren(...data.bursts.map(burstItem));
   }
 
+  // Tasks --------------------------------------------------------------------------------------------------
+
+  function drawTasks(totals) {
+    for (const status of ["queued", "running", "succeeded", "failed"]) {
+      const node = document.getElementById("tasks-" + status);
+      node.textContent = String(totals[status]);
+      node.parentElement.classList.toggle("zero", totals[status] === 0);
+    }
+  }
+
+  async function addWork(fail) {
+    const message = document.getElementById("work-message");
+    message.textContent = "";
+    try {
+      const response = await fetch("/api/work", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify({ fail: fail }),
+      });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        message.textContent = "Not added: " + (body.error || "HTTP " + response.status) + ".";
+      }
+    } catch (error) {
+      message.textContent = "Could not reach the demo: " + error.message;
+    }
+    refreshTasks();
+  }
+
+  async function refreshTasks() {
+    try {
+      drawTasks(await getJSON("/api/tasks"));
+    } catch (error) {
+      // The main loop shows that the page is not updating.
+    }
+  }
+
   // Refresh loop ---------------------------------------------------------------------------------------
 
   async function getJSON(url) {
@@ -175,9 +213,11 @@
   async function refresh() {
     const live = document.getElementById("live");
     try {
-      const [stats, bursts] = await Promise.all([getJSON("/api/stats"), getJSON("/api/bursts")]);
+      const [stats, bursts, tasks] = await Promise.all(
+        [getJSON("/api/stats"), getJSON("/api/bursts"), getJSON("/api/tasks")]);
       drawLanes(stats);
       drawBursts(bursts);
+      drawTasks(tasks);
       live.classList.remove("stale");
       live.textContent = "● live";
     } catch (error) {
@@ -216,6 +256,8 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    document.getElementById("add-work").addEventListener("click", () => addWork(false));
+    document.getElementById("add-failing").addEventListener("click", () => addWork(true));
     const important = document.getElementById("important");
     const panel = document.querySelector(".fire");
     important.addEventListener("change", () => panel.classList.toggle("important-on", important.checked));
