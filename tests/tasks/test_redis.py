@@ -1,0 +1,495 @@
+"""What is particular to ``redis://``: the URL, an unreachable server, waits that block in Redis, a restart.
+
+The contract itself is checked by ``test_backend_contract.py`` (and the ``TaskQueue`` suites) on Redis too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import pytest
+import redis
+from flask import Flask
+
+from flask_queue import BackendError, ConfigurationError, JobStatus, TaskQueue
+from flask_queue.tasks.backends import backend_from_url
+from flask_queue.tasks.backends.redis import CHUNK, LAYOUT, RedisBackend
+from flask_queue.tasks.job import JobRecord
+from tests._services import REDIS_URL, redis_namespace, require_redis
+from tests.servers._live import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 30.0
+
+
+def record(**fields: Any) -> JobRecord:
+    now = time.time()
+    fields.setdefault("eta", now)
+    fields.setdefault("queue", "default")
+    return JobRecord(id="", task="tests.noop", payload="{}", enqueued_at=now, **fields)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A Redis URL with a prefix of its own on the test server; its keys are deleted afterwards."""
+    url, drop = redis_namespace()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def open_backend() -> Iterator[Callable[[str], RedisBackend]]:
+    """Opens backends that are closed after the test."""
+    opened: list[RedisBackend] = []
+
+    def open_(url: str) -> RedisBackend:
+        backend = RedisBackend(url)
+        opened.append(backend)
+        return backend
+
+    yield open_
+    for backend in opened:
+        backend.close()
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (free a moment ago)."""
+    return free_port()
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def _blocked(client_name: str) -> bool:
+    """Whether the connection named ``client_name`` waits in a blocking command on the test server."""
+    admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        return any(
+            client.get("name") == client_name and client.get("cmd") == "blpop"
+            for client in admin.client_list()
+        )
+    finally:
+        admin.close()
+
+
+# -- the URL ----------------------------------------------------------------------------------------------
+
+
+def test_the_url_chooses_the_redis_backend_and_hides_its_password() -> None:
+    backend = backend_from_url("redis://app:s3cret@127.0.0.1:6379/2?prefix=shop&socket_timeout=3")
+    try:
+        assert isinstance(backend, RedisBackend)
+        assert backend.url == "redis://app:***@127.0.0.1:6379/2?prefix=shop&socket_timeout=3"
+        assert backend.prefix == "shop"
+    finally:
+        backend.close()
+    tls = backend_from_url("rediss://127.0.0.1:6380")
+    try:
+        assert isinstance(tls, RedisBackend)
+        assert tls.prefix == "flask_queue"
+    finally:
+        tls.close()
+
+
+def test_an_empty_prefix_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"prefix is empty"):
+        RedisBackend("redis://127.0.0.1:6379/0?prefix=")
+
+
+def test_every_key_starts_with_the_prefix_in_the_database_named(
+    open_backend: Callable[[str], RedisBackend],
+) -> None:
+    require_redis()
+    prefix = f"fq-test-{uuid.uuid4().hex[:12]}"
+    db3 = urlunsplit(urlsplit(REDIS_URL)._replace(path="/3", query=""))
+    admin = redis.Redis.from_url(db3, decode_responses=True)
+    try:
+        backend = open_backend(f"{db3}?prefix={prefix}")
+        [job_id] = backend.enqueue([record()])
+        leased = backend.dequeue(None, "w1", 30.0, 0.0)
+        assert leased is not None
+        backend.finish(job_id, "w1", JobStatus.SUCCEEDED, result="1", expires_at=time.time() + 60)
+        names = {key.removeprefix(f"{prefix}:") for key in admin.scan_iter(match=f"{prefix}:*")}
+        assert names == {
+            f"job:{job_id}",
+            "jobs",
+            "queues",
+            "wake:default",
+            "wakeall",
+            "succeeded:default",
+            "expires",
+            "layout",
+        }
+        assert admin.hget(f"{prefix}:job:{job_id}", "status") == "succeeded"
+        # Nothing of ours went to the database the URL did not name.
+        assert not list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{prefix}:*"))
+    finally:
+        keys = list(admin.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            admin.delete(*keys)
+        admin.close()
+
+
+def test_keys_of_another_key_layout_are_refused(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    prefix = parse_qs(urlsplit(url).query)["prefix"][0]
+    admin = redis.Redis.from_url(REDIS_URL)
+    try:
+        admin.set(f"{prefix}:layout", LAYOUT + 1)
+    finally:
+        admin.close()
+    backend = open_backend(url)
+    with pytest.raises(BackendError, match=rf"key layout {LAYOUT + 1}.*another prefix"):
+        backend.size()
+
+
+# -- an unreachable server ------------------------------------------------------------------------------
+
+
+def test_enqueue_to_an_unreachable_redis_raises_backend_error_naming_it_without_its_password() -> None:
+    port = _closed_port()
+    app = Flask(__name__)
+    tasks = TaskQueue(app, backend=f"redis://app:s3cret@127.0.0.1:{port}/0?prefix=x", workers=0)
+
+    @tasks.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    started = time.monotonic()
+    with app.app_context(), pytest.raises(BackendError) as raised:
+        add.enqueue(1, 2)
+    assert time.monotonic() - started < 5.0
+    message = str(raised.value)
+    assert f"redis://app:***@127.0.0.1:{port}/0?prefix=x" in message
+    assert "s3cret" not in message
+    assert "unreachable" in message
+    tasks.backend(app).close()
+
+
+def test_every_call_on_an_unreachable_redis_raises_backend_error_promptly(
+    open_backend: Callable[[str], RedisBackend],
+) -> None:
+    backend = open_backend(f"redis://:pw@127.0.0.1:{_closed_port()}/0")
+    calls: list[Callable[[], object]] = [
+        lambda: backend.dequeue(None, "w1", 30.0, 5.0),
+        lambda: backend.dequeue_batch({"default"}, "w1", 30.0, 4),
+        lambda: backend.get("00000000000001-00000001"),
+        backend.counts,
+        backend.size,
+        backend.jobs,
+        backend.expire,
+        backend.workers,
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"redis://:\*\*\*@127\.0\.0\.1"):
+            call()
+        assert time.monotonic() - started < 5.0
+    backend.interrupt()  # a stopping worker's call: never raises
+
+
+# -- blocking waits -------------------------------------------------------------------------------------
+
+
+def test_a_dequeue_blocked_in_redis_is_woken_by_an_enqueue_through_another_connection(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    name = f"fq-waiter-{uuid.uuid4().hex[:8]}"
+    waiter = open_backend(f"{url}&client_name={name}")
+    producer = open_backend(url)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, None, "w1", 30.0, WAIT)
+        _wait_until(lambda: _blocked(name), "the dequeue blocks in BLPOP")
+        started = time.monotonic()
+        [job_id] = producer.enqueue([record()])
+        leased = waiting.result(WAIT)
+    assert leased is not None
+    assert leased.id == job_id
+    # Woken by the enqueue, not by a poll or the end of a wait slice.
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_dequeue_blocked_in_redis_is_woken_by_an_enqueue_from_another_process(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    name = f"fq-waiter-{uuid.uuid4().hex[:8]}"
+    waiter = open_backend(f"{url}&client_name={name}")
+    producer = (
+        "import sys, time\n"
+        "from flask_queue.tasks.backends.redis import CHUNK, LAYOUT, RedisBackend\n"
+        "from flask_queue.tasks.job import JobRecord\n"
+        "backend = RedisBackend(sys.argv[1])\n"
+        "now = time.time()\n"
+        "job = JobRecord(id='', task='t', queue='mail', payload='{}', eta=now, enqueued_at=now)\n"
+        "print(backend.enqueue([job])[0])\n"
+        "backend.close()\n"
+    )
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, {"mail"}, "w1", 30.0, WAIT)
+        _wait_until(lambda: _blocked(name), "the dequeue blocks in BLPOP")
+        done = subprocess.run(
+            [sys.executable, "-c", producer, url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=True,
+        )
+        leased = waiting.result(WAIT)
+    assert leased is not None
+    assert leased.id == done.stdout.strip()
+
+
+def test_interrupt_wakes_a_dequeue_blocked_in_redis(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    name = f"fq-waiter-{uuid.uuid4().hex[:8]}"
+    waiter = open_backend(f"{url}&client_name={name}")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, None, "w1", 30.0, WAIT)
+        _wait_until(lambda: _blocked(name), "the dequeue blocks in BLPOP")
+        started = time.monotonic()
+        waiter.interrupt()
+        assert waiting.result(WAIT) is None
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_blocked_dequeue_wakes_when_a_delayed_job_falls_due(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    [job_id] = backend.enqueue([record(eta=time.time() + 0.3)])
+    leased = backend.dequeue(None, "w1", 30.0, WAIT)
+    assert leased is not None
+    assert leased.id == job_id
+    assert time.time() >= leased.eta
+
+
+def test_listing_purging_and_expiring_go_past_one_chunk(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    size = CHUNK * 2 + 10
+    mail = backend.enqueue([record(queue="mail") for _ in range(size)])
+    backend.enqueue([record(queue="other") for _ in range(5)])
+    assert [r.id for r in backend.jobs(queue="mail", limit=3, offset=size - 3)] == mail[2::-1]
+    leased: list[str] = []
+    while batch := backend.dequeue_batch({"mail"}, "w1", 30.0, 500):
+        leased += [r.id for r in batch]
+    assert leased == mail
+    backend.finish_batch("w1", [(job_id, None, time.time() - 1) for job_id in leased])
+    assert backend.counts()["mail"]["succeeded"] == size
+    assert backend.expire() == size
+    assert "mail" not in backend.counts()
+    assert backend.purge(None, {JobStatus.QUEUED}) == 5
+    assert backend.jobs() == []
+
+
+# -- processes ------------------------------------------------------------------------------------------
+
+
+def test_a_forked_child_talks_to_redis_on_connections_of_its_own(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    [parent_job] = backend.enqueue([record()])  # the parent's thread now holds a connection
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            backend.after_fork()
+            [child_job] = backend.enqueue([record(queue="child")])
+            code = 0 if backend.get(parent_job) is not None and backend.get(child_job) is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection was not disturbed by the child's.
+    assert backend.size("child") == 1
+    assert backend.get(parent_job) is not None
+
+
+def test_threads_that_end_leave_no_connection_behind(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    name = f"fq-threads-{uuid.uuid4().hex[:8]}"
+    backend = open_backend(f"{url}&client_name={name}")
+
+    def connections() -> int:
+        admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            return sum(1 for client in admin.client_list() if client.get("name") == name)
+        finally:
+            admin.close()
+
+    for _ in range(20):  # a server that starts a thread per request
+        thread = threading.Thread(target=backend.size)
+        thread.start()
+        thread.join()
+    gc.collect()
+    _wait_until(lambda: connections() == 0, "the ended threads' connections are closed")
+    backend.size()
+    assert connections() == 1
+    backend.close()
+    _wait_until(lambda: connections() == 0, "close() closes the connections")
+
+
+# -- a restart of Redis ---------------------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test only, on a free loopback port, with its files in one folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.folder / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        log.close()
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + WAIT
+        while True:
+            try:
+                client.ping()  # answers LOADING (an error) until the AOF is read back
+                break
+            except redis.RedisError:
+                assert self.proc.poll() is None, (self.folder / "redis.log").read_text()
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        client.close()
+
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, no last write; only what the AOF holds survives."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(WAIT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not on PATH")
+        pytest.skip("redis-server is not on PATH")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_every_acknowledged_job_survives_a_redis_crash_and_the_backend_reconnects(
+    private_redis: PrivateRedis, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(f"{private_redis.url}?prefix=restart")
+    one_by_one = [backend.enqueue([record(priority=n % 3)])[0] for n in range(30)]
+    at_once = backend.enqueue([record(queue="bulk") for _ in range(100)])
+    later = backend.enqueue([record(eta=time.time() + 3600)])[0]
+    running = backend.dequeue({"default"}, "w1", 300.0, 0.0)
+    assert running is not None
+    done = backend.dequeue({"default"}, "w1", 300.0, 0.0)
+    assert done is not None
+    assert backend.finish(done.id, "w1", JobStatus.SUCCEEDED, result='"ok"') is not None
+
+    private_redis.crash()
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="unreachable"):
+        backend.size()
+    assert time.monotonic() - started < 5.0
+    private_redis.start()
+
+    # The same backend object, on the restarted server: every acknowledged job, in the state it was in.
+    assert backend.counts() == {
+        "default": {"queued": 28, "scheduled": 1, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0},
+        "bulk": {"queued": 100, "scheduled": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0},
+    }
+    for job_id in [*one_by_one, *at_once, later]:
+        assert backend.get(job_id) is not None
+    stored = backend.get(running.id)
+    assert stored is not None
+    assert (stored.status, stored.worker) == (JobStatus.RUNNING, "w1")
+    finished = backend.get(done.id)
+    assert finished is not None
+    assert (finished.status, finished.result) == (JobStatus.SUCCEEDED, '"ok"')
+    # And it works on: the rest of the jobs run, each once.
+    assert backend.finish(running.id, "w1", JobStatus.SUCCEEDED) is not None
+    taken: list[str] = []
+    while batch := backend.dequeue_batch(None, "w2", 30.0, 16):
+        taken += [r.id for r in batch]
+        assert all(r is not None for r in backend.finish_batch("w2", [(r.id, None, None) for r in batch]))
+    assert sorted(taken) == sorted(set(one_by_one) - {running.id, done.id} | set(at_once))
+    assert backend.size() == 0
+
+
+def test_a_full_redis_refuses_changes_whole_and_can_still_be_emptied(
+    private_redis: PrivateRedis, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(f"{private_redis.url}?prefix=full")
+    waiting = backend.enqueue([record() for _ in range(3)])
+    running = backend.dequeue(None, "w1", 300.0, 0.0)
+    assert running is not None
+    admin = redis.Redis(port=private_redis.port)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 100_000)
+        filled = 0
+        with contextlib.suppress(redis.ResponseError):  # "OOM command not allowed": full
+            while filled < 1000:
+                admin.set(f"filler:{filled}", "x" * 1000)
+                filled += 1
+        assert filled < 1000, "Redis did not fill up"
+        with pytest.raises(BackendError, match="Redis is full"):
+            backend.enqueue([record()])
+        with pytest.raises(BackendError, match="Redis is full"):
+            backend.dequeue(None, "w1", 300.0, 0.0)
+        with pytest.raises(BackendError, match="Redis is full"):
+            backend.finish(running.id, "w1", JobStatus.SUCCEEDED)
+        # Nothing was half done: the jobs are where they were, and reading works.
+        assert backend.counts()["default"] == {
+            "queued": 2, "scheduled": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0,
+        }  # fmt: skip
+        assert [r.id for r in backend.jobs(status=JobStatus.QUEUED)] == waiting[:0:-1]
+        # Deleting works, so that a full Redis can be emptied.
+        assert backend.purge(None, {JobStatus.QUEUED}) == 2
+        admin.config_set("maxmemory", 0)
+        assert backend.finish(running.id, "w1", JobStatus.SUCCEEDED) is not None
+        backend.enqueue([record()])
+        assert backend.size() == 1
+    finally:
+        admin.close()
