@@ -12,7 +12,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from flask_queue import TaskQueue
+from flask_queue import ConfigurationError, TaskQueue
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_flask_sqlalchemys_session_by_default(tmp_path: Path) -> None:
     assert ran == ["ada"]
 
 
-def test_enqueue_with_a_session_names_enqueue_on_commit(
+def test_enqueue_with_a_session_on_memory_names_enqueue_on_commit(
     queue: tuple[Flask, TaskQueue], session: Session
 ) -> None:
     app, tasks = queue
@@ -132,5 +132,5 @@ def test_enqueue_with_a_session_names_enqueue_on_commit(
     @tasks.task
     def notify() -> None: ...
 
-    with app.app_context(), pytest.raises(NotImplementedError, match="enqueue_on_commit"):
+    with app.app_context(), pytest.raises(ConfigurationError, match="enqueue_on_commit"):
         notify.options(session=session).enqueue()

@@ -96,7 +96,8 @@ class _Options:
     retries: int
     timeout: float | None
     delay: float = 0.0
-    #: The SQLAlchemy session whose commit ``enqueue_on_commit`` waits for (``None``: Flask-SQLAlchemy's).
+    #: The SQLAlchemy session whose transaction ``enqueue*`` join (the outbox) and whose commit
+    #: ``enqueue_on_commit`` waits for (``None``: no outbox, and Flask-SQLAlchemy's session for the latter).
     session: Any = None
 
 
@@ -167,8 +168,11 @@ class Task(Generic[P, R]):
         """This task with some options changed for the calls made through the handle returned.
 
         ``task.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's own
-        argument names. Values are checked as at decoration. ``session`` is the SQLAlchemy session (or
-        ``scoped_session``, ``AsyncSession``) whose commit ``enqueue_on_commit`` waits for.
+        argument names. Values are checked as at decoration. ``session`` is a SQLAlchemy ``Session`` or
+        ``scoped_session`` (Flask-SQLAlchemy's ``db.session``): ``enqueue*`` then store the jobs inside its
+        transaction (the outbox: they exist if and only if it commits), which needs the queue in the session's
+        own database (PostgreSQL, or the app's SQLite file); ``enqueue_on_commit`` waits for its commit (an
+        ``AsyncSession`` too).
         """
         d = self.defaults
         options = _make_options(
@@ -449,12 +453,9 @@ class TaskQueue:
         options: _Options,
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
     ) -> list[Job]:
-        if options.session is not None:
-            raise NotImplementedError(
-                "enqueue(session=...) joins the job to that transaction (the outbox), which needs a SQL backend in"
-                " the app's own database; with this backend use enqueue_on_commit(...) to enqueue after the commit"
-            )
         payloads = [self.serializer.dumps_call(task.name, args, kwargs) for args, kwargs in calls]
+        if options.session is not None:
+            return self._store_in_transaction(self._state(), task, options, payloads)
         return self._store(self._state(), task, options, payloads)
 
     def _enqueue_on_commit(
@@ -474,9 +475,51 @@ class TaskQueue:
     ) -> list[Job]:
         if not payloads:
             return []
+        records = self._records(state, task, options, payloads)
+        ids = state.backend.enqueue(records)
+        for record, job_id in zip(records, ids, strict=True):
+            record.id = job_id
+        jobs = [Job(record.id, state.backend, record) for record in records]
+        self._enqueued(state, jobs)
+        return jobs
+
+    def _store_in_transaction(
+        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+    ) -> list[Job]:
+        """The outbox: insert the jobs through the connection of ``options.session``'s transaction.
+
+        They exist if and only if it commits; their ids are known now. What follows an enqueue (signals, eager
+        runs) waits for the commit, as the jobs do: before it, no other connection sees them.
+        """
+        # Imported here: SQLAlchemy is an optional extra.
+        from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+
+        from ..sqlalchemy import _resolve, on_commit
+
+        session = options.session
+        if isinstance(session, (AsyncSession, async_scoped_session)):
+            raise TypeError(
+                "task.options(session=...).enqueue() runs SQL now, which an AsyncSession cannot do from"
+                " synchronous code: call it inside `await session.run_sync(lambda s:"
+                " task.options(session=s).enqueue(...))`, or use enqueue_on_commit, which takes an AsyncSession"
+            )
+        if not payloads:
+            return []
+        session = _resolve(session)
+        records = self._records(state, task, options, payloads)
+        ids = state.backend.enqueue_in_transaction(session.connection(), records)
+        for record, job_id in zip(records, ids, strict=True):
+            record.id = job_id
+        jobs = [Job(record.id, state.backend, record) for record in records]
+        on_commit(lambda: self._enqueued(state, jobs), session=session)
+        return jobs
+
+    def _records(
+        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+    ) -> list[JobRecord]:
         now = time.time()
         eager = bool(state.settings["eager"])
-        records = [
+        return [
             JobRecord(
                 id="",
                 task=task.name,
@@ -490,18 +533,16 @@ class TaskQueue:
             )
             for payload in payloads
         ]
-        ids = state.backend.enqueue(records)
-        for record, job_id in zip(records, ids, strict=True):
-            record.id = job_id
-        jobs = [Job(record.id, state.backend, record) for record in records]
+
+    def _enqueued(self, state: _AppState, jobs: list[Job]) -> None:
+        """What follows the storing of jobs: their signals, and a run now in eager mode (else the workers)."""
         if signals.task_enqueued.receivers:
             for job in jobs:
                 signals.task_enqueued.send(state.app, job=job)
-        if eager:
+        if state.settings["eager"]:
             self._drain(state)
         else:
             self._ensure_started(state)
-        return jobs
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` if there is none (any more)."""

@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ...exceptions import ConfigurationError
 from ..job import FINISHED, JobRecord, JobStatus, Watcher
 
 __all__ = ["MAX_LOST", "Backend", "WorkerInfo"]
@@ -223,6 +224,21 @@ class Backend(abc.ABC):
             self.finish(job_id, worker, JobStatus.SUCCEEDED, result=result, expires_at=expires)
             for job_id, result, expires in succeeded
         ]
+
+    def enqueue_in_transaction(self, connection: Any, records: Sequence[JobRecord]) -> list[str]:
+        """Store new jobs through ``connection``, the SQLAlchemy ``Connection`` of the caller's open transaction
+        (the outbox): they exist if and only if that transaction commits, and this backend's workers are woken
+        after the commit. Return their ids at once, as ``enqueue`` does.
+
+        Only a backend whose tables live in that connection's own database can; the others (this default)
+        raise ``ConfigurationError`` naming the alternatives.
+        """
+        raise ConfigurationError(
+            "task.options(session=...).enqueue() stores the job inside the session's transaction (the outbox),"
+            f" which needs the task queue in the session's own database, and TASK_QUEUE_BACKEND is {self.url}:"
+            " use task.enqueue_on_commit(...) to enqueue once the transaction commits, or point"
+            " TASK_QUEUE_BACKEND at the app's database (postgresql://..., or sqlite:/// with the app's own file)"
+        )
 
     def interrupt(self) -> None:  # noqa: B027 - optional: a backend with nothing to do here keeps it
         """Make every ``dequeue`` waiting in this process return (``None``) now: its workers are stopping."""

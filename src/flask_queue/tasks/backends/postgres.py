@@ -1,0 +1,762 @@
+"""``postgresql://``: jobs in a PostgreSQL table, shared by every process of every machine that reaches it.
+
+``postgresql://user:password@host:5432/db?schema=jobs&sslmode=require``: ``schema`` (default ``public``) holds
+the tables, created when the backend first connects (under an advisory lock, so that processes starting
+together do not collide); ``poll_interval`` (seconds, default 1) is explained below; every other query
+parameter is libpq's (``connect_timeout`` defaults to 5 seconds here).
+
+Each thread talks to the server through a connection of its own, in autocommit mode: every state change is
+one statement, prepared once per connection, so it costs one round trip and commits by itself. A dequeue is
+one ``UPDATE`` of the most urgent ready rows chosen with ``FOR UPDATE SKIP LOCKED``: concurrent workers skip
+the rows another is taking instead of waiting for it, and never both take one. As in the SQLite backend, a
+leased job keeps its ``'queued'`` row and gets a lease (``lease_until``, ``worker``); a lease that lapses
+makes the row ready again by the clock alone, and taking it counts a lost lease (see ``MAX_LOST``).
+
+Workers are woken by ``LISTEN``/``NOTIFY``: every statement that makes jobs ready (or schedules them)
+notifies the schema's channel, at its commit, with how many jobs and the earliest ``eta``. One thread per
+backend object listens (started by the first dequeue that has to wait) and wakes this process's waiting
+dequeues; the ``eta`` of scheduled jobs tells them when to look again. A notification can be missed (the
+listening connection dropped, the listener started after a job was scheduled): a waiting dequeue therefore
+also looks every ``poll_interval`` seconds, which bounds the delay of a missed job and of a lapsed lease.
+
+The outbox (``enqueue_in_transaction``) runs the same ``INSERT`` through a SQLAlchemy connection of the app,
+inside its transaction; the ``NOTIFY`` in it is delivered at that transaction's commit, or never. That the
+connection's database is this backend's is checked once per engine, against the random id the backend
+wrote in ``flask_queue_meta``.
+
+A dropped connection or an unreachable server raises ``BackendError`` (the URL with its password hidden)
+after at most ``connect_timeout``; the next call connects again, so a restarted server is used again
+without a restart of the app. The backend does not retry by itself: the worker does, with a backoff.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+import re
+import selectors
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+from ...exceptions import BackendError, ConfigurationError
+from ..job import JobRecord, JobStatus
+from . import hide_password
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+
+# The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
+from .sqlite import _COLUMNS, _key, _record
+
+__all__ = ["PostgresBackend"]
+
+log = logging.getLogger("flask_queue.tasks")
+
+#: The layout of the tables this module creates; a later version that changes it migrates from this number.
+SCHEMA_VERSION = 1
+#: Seconds to wait for a connection when the URL does not say (``connect_timeout=...``).
+CONNECT_TIMEOUT = 5
+#: Default seconds between a waiting dequeue's looks when no notification came.
+POLL_INTERVAL = 1.0
+#: How often jobs that lost their last lease are failed (at most; a dequeue does it when it is due).
+RECOVER_INTERVAL = 1.0
+#: Longest pause between two attempts of the listener to connect again.
+LISTEN_RETRY_MAX = 5.0
+#: Scheduled times remembered from notifications; beyond, the farthest are left to the poll.
+MAX_DUE = 1024
+
+#: The columns an enqueue gives, in the order ``PostgresBackend._insert`` binds them.
+_INSERTED = ("token", "task", "queue", "payload", "priority", "retries", "timeout", "eta", "enqueued_at")
+_RETURN_J = ", ".join(f"j.{column.strip()}" for column in _COLUMNS.split(","))
+
+_TABLES = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_jobs (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token bigint NOT NULL,
+    task text NOT NULL,
+    queue text NOT NULL,
+    payload text NOT NULL,
+    priority bigint NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    retries bigint NOT NULL,
+    timeout double precision,
+    eta double precision NOT NULL,
+    enqueued_at double precision NOT NULL,
+    started_at double precision,
+    finished_at double precision,
+    lease_until double precision,
+    worker text,
+    result text,
+    error text,
+    traceback text,
+    expires_at double precision,
+    lost integer NOT NULL DEFAULT 0
+) WITH (fillfactor = 80);
+CREATE INDEX IF NOT EXISTS flask_queue_ready ON {s}.flask_queue_jobs (priority, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS flask_queue_expiry ON {s}.flask_queue_jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_workers (
+    name text PRIMARY KEY,
+    info text NOT NULL,
+    alive_until double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_meta (
+    instance text NOT NULL,
+    version integer NOT NULL
+)
+"""
+# ``fillfactor = 80`` leaves room in each page, so that taking and renewing a job (which change no indexed
+# column) are HOT updates: a new row version on the same page, no new index entries.
+
+_LEASED = "(lease_until IS NOT NULL AND lease_until >= %(now)s)"
+_UNLEASED = "(lease_until IS NULL OR lease_until < %(now)s)"
+# ``worker`` holds its job until another worker takes it over, even past the lapse of its lease.
+_HELD = "status = 'queued' AND worker = %(worker)s AND lease_until IS NOT NULL"
+_KEY = "seq = %(seq)s AND token = %(token)s"
+_STATUS_SQL = {
+    JobStatus.QUEUED: f"(status = 'queued' AND eta <= %(now)s AND {_UNLEASED})",
+    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > %(now)s AND {_UNLEASED})",
+    JobStatus.RUNNING: f"(status = 'queued' AND {_LEASED})",
+    JobStatus.SUCCEEDED: "status = 'succeeded'",
+    JobStatus.FAILED: "status = 'failed'",
+    JobStatus.CANCELLED: "status = 'cancelled'",
+}
+_EFFECTIVE_STATUS = (
+    f"CASE WHEN status = 'queued' AND {_LEASED} THEN 'running'"
+    " WHEN status = 'queued' AND eta > %(now)s THEN 'scheduled' ELSE status END"
+)
+_PARAM = re.compile(r"%\((\w+)\)s")
+
+
+class PostgresBackend(Backend):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = hide_password(url)
+        parts = urlsplit(url)
+        self._password = parts.password
+        options: list[tuple[str, str]] = []
+        self.schema = "public"
+        self.poll_interval = POLL_INTERVAL
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "schema":
+                self.schema = value
+            elif key == "poll_interval":
+                self.poll_interval = _seconds(self.url, value)
+            else:
+                options.append((key, value))
+        if not self.schema:
+            raise ConfigurationError(f"TASK_QUEUE_BACKEND={self.url!r}: schema= names no schema")
+        if not any(key == "connect_timeout" for key, _ in options):
+            options.append(("connect_timeout", str(CONNECT_TIMEOUT)))
+        self._conninfo = urlunsplit(parts._replace(query=urlencode(options, quote_via=quote)))
+        schema = '"' + self.schema.replace('"', '""') + '"'
+        self._schema_sql = schema
+        self._sql = _statements(schema)
+        # A channel name is at most 63 bytes; two long schema names that share a prefix only share wake-ups.
+        self._channel = f"flask_queue.{self.schema}"[:63]
+        self._instance: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """The per-process state: connections, the listener and the waiting dequeues."""
+        self._local = threading.local()
+        self._schema_lock = threading.Lock()
+        self._connections: dict[threading.Thread, psycopg.Connection[Any]] = {}
+        self._connections_lock = threading.Lock()
+        #: Server process ids of this object's connections: their notifications were announced here already.
+        self._own_pids: set[int] = set()
+        self._closed = False
+        self._next_recover = 0.0
+        self._ready = threading.Condition()
+        #: Changed under ``_ready``'s lock: announcements heard, interrupts, and the scheduled times heard of.
+        self._wakeups = 0
+        self._interrupts = 0
+        self._due: list[float] = []
+        self._listener: threading.Thread | None = None
+        #: Written to by ``close`` to stop the listener: a socket pair, which any selector can wait on.
+        self._stop_listener: tuple[socket.socket, socket.socket] | None = None
+        #: SQLAlchemy engines whose database was checked to be this backend's (the outbox).
+        self._same_database: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        """This thread's connection, made (and the tables created) on first use or after it broke."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn
+        if self._closed:
+            raise BackendError(f"{self.url} is closed")
+        conn = self._connect()
+        try:
+            if self._instance is None:
+                self._create_tables(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        with self._connections_lock:
+            # Threads that ended since leave their connection behind: close it now rather than let it linger.
+            for thread, old in list(self._connections.items()):
+                if not thread.is_alive():
+                    self._discard(old)
+                    del self._connections[thread]
+            self._connections[threading.current_thread()] = conn
+            self._own_pids.add(conn.info.backend_pid)
+        return conn
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+            # A take must walk the ready index in order and stop at its LIMIT. When the table's statistics are
+            # stale (a new table, a backlog that grew since the last ANALYZE) the planner thinks few rows are
+            # ready and prefers to fetch them all and sort them, which makes every take cost the whole backlog.
+            # This session runs only this module's statements, none of which needs a sort.
+            conn.execute("SET enable_sort = off")
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        return conn
+
+    def _discard(self, conn: psycopg.Connection[Any]) -> None:
+        self._own_pids.discard(conn.info.backend_pid)
+        # Under the connection's lock: a thread in the middle of a statement on it finishes that first.
+        with conn.lock:
+            conn.close()
+
+    def _error(self, exc: BaseException) -> BackendError:
+        message = str(exc).strip() or type(exc).__name__
+        if self._password:
+            message = message.replace(self._password, "***")
+        return BackendError(f"{self.url}: {message}")
+
+    def _create_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the schema's tables if they are missing, once per process; read the database's instance id."""
+        with self._schema_lock:
+            if self._instance is not None:
+                return
+            meta = f"{self._schema_sql}.flask_queue_meta"
+            try:
+                row = None
+                if conn.execute("SELECT to_regclass(%s)", [meta]).fetchone() != (None,):
+                    row = conn.execute(f"SELECT instance, version FROM {meta}").fetchone()
+                if row is None or row[1] < SCHEMA_VERSION:
+                    # Several processes may start at once: one creates, the others wait and find it done.
+                    with conn.transaction():
+                        conn.execute(
+                            "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"flask_queue:{self.schema}"]
+                        )
+                        conn.execute(_TABLES.format(s=self._schema_sql))
+                        conn.execute(
+                            f"INSERT INTO {meta} (instance, version) SELECT %s, %s"
+                            f" WHERE NOT EXISTS (SELECT FROM {meta})",
+                            [f"{random.getrandbits(64):016x}", SCHEMA_VERSION],
+                        )
+                        # Tables of an older layout were brought up to this one by the statements above.
+                        conn.execute(f"UPDATE {meta} SET version = greatest(version, %s)", [SCHEMA_VERSION])
+                        row = conn.execute(f"SELECT instance, version FROM {meta}").fetchone()
+            except psycopg.Error as exc:
+                raise self._error(exc) from exc
+            assert row is not None
+            self._instance = row[0]
+
+    def _execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> psycopg.Cursor[Any]:
+        """Run one statement on this thread's connection; a connection that failed is dropped, so that the
+        next call connects again."""
+        conn = self._conn()
+        try:
+            return conn.execute(sql, params, prepare=True)
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed or isinstance(exc, psycopg.OperationalError):
+                self._local.conn = None
+                with self._connections_lock:
+                    self._connections.pop(threading.current_thread(), None)
+                    self._discard(conn)
+            raise self._error(exc) from exc
+
+    def after_fork(self) -> None:
+        # The parent's connections and listener are its own: the child opens new ones. The objects are simply
+        # dropped; psycopg never closes, from a child, a connection its parent made.
+        self._reset()
+
+    def close(self) -> None:
+        """Stop the listener and close every connection; a later call raises ``BackendError``."""
+        with self._ready:
+            self._closed = True
+            listener, self._listener = self._listener, None
+            stop, self._stop_listener = self._stop_listener, None
+            self._interrupts += 1
+            self._ready.notify_all()
+        if listener is not None and stop is not None:
+            stop[1].send(b"x")
+            listener.join(10.0)
+            stop[0].close()
+            stop[1].close()
+        with self._connections_lock:
+            for conn in self._connections.values():
+                self._discard(conn)
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- wake-ups ------------------------------------------------------------------------------------------
+
+    def _note(self, records: Sequence[JobRecord] | None = None, eta: float | None = None) -> str:
+        """A notification's payload: how many jobs became ready or scheduled, and the earliest ``eta``."""
+        if records is not None:
+            return f"{len(records)} {min(record.eta for record in records)!r}"
+        return f"1 {time.time() if eta is None else eta!r}"
+
+    def _announce(self, notes: Sequence[str], everyone: bool = False) -> None:
+        """Wake this process's waiting dequeues for the jobs notes tell of (``everyone``: all of them); remember
+        scheduled times."""
+        now = time.time()
+        ready = 0
+        with self._ready:
+            self._wakeups += 1
+            for note in notes:
+                count, _, eta = note.partition(" ")
+                try:
+                    when = float(eta)
+                    ready += int(count) if when <= now else 1
+                except ValueError:  # not ours: someone else's NOTIFY on the channel
+                    continue
+                if when > now:
+                    heapq.heappush(self._due, when)
+            if len(self._due) > MAX_DUE:
+                self._due = heapq.nsmallest(MAX_DUE // 2, self._due)
+            if everyone:
+                self._ready.notify_all()
+            else:
+                self._ready.notify(ready)
+
+    def _ensure_listener(self) -> None:
+        if self._listener is not None:
+            return
+        with self._ready:
+            if self._listener is not None or self._closed:
+                return
+            self._stop_listener = socket.socketpair()
+            self._listener = threading.Thread(
+                target=self._listen,
+                args=(self._stop_listener[0],),
+                name="flask-queue-pg-listener",
+                daemon=True,
+            )
+            self._listener.start()
+
+    def _listen(self, stop: socket.socket) -> None:
+        """The listener thread: wait for notifications on a connection of its own, connecting again after a
+        failure with a growing pause, until ``close``."""
+        pause = 0.1
+        with selectors.DefaultSelector() as selector:
+            selector.register(stop, selectors.EVENT_READ)
+            while True:
+                try:
+                    with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                        self._listen_on(conn, selector, stop)
+                        return
+                except psycopg.Error as exc:
+                    log.debug("%s: the listener lost its connection (%s); waiting dequeues poll meanwhile",
+                              self.url, self._error(exc))  # fmt: skip
+                if selector.select(pause):
+                    return
+                pause = min(pause * 2, LISTEN_RETRY_MAX)
+
+    def _listen_on(
+        self, conn: psycopg.Connection[Any], selector: selectors.BaseSelector, stop: socket.socket
+    ) -> None:
+        """Listen on ``conn`` until ``stop`` is written to (return) or the connection fails (raise)."""
+        conn.execute(f'LISTEN "{self._channel.replace(chr(34), chr(34) * 2)}"')
+        # What was notified while nobody listened is lost: have the waiting dequeues look now, and learn when
+        # the next scheduled job is due.
+        due = conn.execute(
+            f"SELECT min(eta) FROM {self._schema_sql}.flask_queue_jobs WHERE status = 'queued'"
+            " AND lease_until IS NULL AND eta > %s",
+            [time.time()],
+        ).fetchone()
+        self._announce([f"0 {due[0]!r}"] if due and due[0] is not None else [], everyone=True)
+        # Its number is kept: a connection that failed may no longer tell it.
+        fd = conn.fileno()
+        selector.register(fd, selectors.EVENT_READ)
+        try:
+            while True:
+                if any(key.fileobj is stop for key, _ in selector.select()):
+                    return
+                conn.pgconn.consume_input()
+                notes = []
+                while (notify := conn.pgconn.notifies()) is not None:
+                    if notify.be_pid not in self._own_pids:
+                        notes.append(notify.extra.decode(errors="replace"))
+                if notes:
+                    self._announce(notes)
+        finally:
+            selector.unregister(fd)
+
+    def interrupt(self) -> None:
+        with self._ready:
+            self._interrupts += 1
+            self._ready.notify_all()
+
+    # -- the contract --------------------------------------------------------------------------------------
+
+    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+        if not records:
+            return []
+        rows = self._execute(*self._insert(records)).fetchall()
+        self._announce([self._note(records)])
+        return _ids(rows)
+
+    def _insert(self, records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
+        """The statement that stores ``records`` and its parameters: one row is bound as values, several as
+        arrays of values (one statement whatever their number)."""
+        notify = {"channel": self._channel, "note": self._note(records)}
+        if len(records) == 1:
+            r = records[0]
+            values = (random.getrandbits(32), r.task, r.queue, r.payload, r.priority, r.retries, r.timeout, r.eta,
+                      r.enqueued_at)  # fmt: skip
+            return self._sql["insert_one"], {**dict(zip(_INSERTED, values, strict=True)), **notify}
+        return self._sql["insert"], {
+            "token": [random.getrandbits(32) for _ in records],
+            "task": [r.task for r in records],
+            "queue": [r.queue for r in records],
+            "payload": [r.payload for r in records],
+            "priority": [r.priority for r in records],
+            "retries": [r.retries for r in records],
+            "timeout": [r.timeout for r in records],
+            "eta": [r.eta for r in records],
+            "enqueued_at": [r.enqueued_at for r in records],
+            **notify,
+        }
+
+    def enqueue_in_transaction(self, connection: Any, records: Sequence[JobRecord]) -> list[str]:
+        from sqlalchemy import text
+
+        if connection.dialect.name != "postgresql":
+            raise self._not_this_database(connection)
+        engine = connection.engine
+        if engine not in self._same_database:
+            if self._instance is None:
+                self._conn()  # reads this database's instance id (and creates the tables)
+            meta = f"{self._schema_sql}.flask_queue_meta"
+            theirs = None
+            # Probed before it is read: an error would abort the caller's transaction.
+            if connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": meta}).scalar():
+                theirs = connection.execute(text(f"SELECT instance FROM {meta}")).scalar()
+            if theirs != self._instance:
+                raise self._not_this_database(connection)
+            self._same_database.add(engine)
+        if not records:
+            return []
+        sql, params = self._insert(records)
+        rows = connection.execute(text(_PARAM.sub(r":\1", sql)), params).all()
+        return _ids(rows)
+
+    def _not_this_database(self, connection: Any) -> ConfigurationError:
+        return ConfigurationError(
+            f"task.options(session=...).enqueue() stores the job inside the session's transaction, so the"
+            f" session's database ({connection.engine.url!r}) must be the task queue's ({self.url}), and it is"
+            " not: use task.enqueue_on_commit(...) to enqueue once the transaction commits, or point"
+            " TASK_QUEUE_BACKEND at the app's database"
+        )
+
+    def dequeue(
+        self, queues: Collection[str] | None, worker: str, lease: float, timeout: float
+    ) -> JobRecord | None:
+        deadline = time.monotonic() + timeout
+        interrupts = self._interrupts
+        while True:
+            seen = self._wakeups
+            now = time.time()
+            if now >= self._next_recover:
+                self._recover(now)
+            records = self._take(queues, worker, lease, 1, now)
+            if records:
+                return records[0]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._interrupts != interrupts:
+                return None
+            self._ensure_listener()
+            with self._ready:
+                # Scheduled times up to the look just made are past; a later one ends the wait.
+                while self._due and self._due[0] <= now:
+                    heapq.heappop(self._due)
+                pause = min(remaining, self.poll_interval)
+                if self._due:
+                    pause = min(pause, self._due[0] - time.time())
+                if self._wakeups == seen and self._interrupts == interrupts and pause > 0:
+                    self._ready.wait(pause)
+
+    def dequeue_batch(
+        self, queues: Collection[str] | None, worker: str, lease: float, limit: int
+    ) -> list[JobRecord]:
+        return self._take(queues, worker, lease, limit, time.time())
+
+    def _take(
+        self, queues: Collection[str] | None, worker: str, lease: float, limit: int, now: float
+    ) -> list[JobRecord]:
+        params: dict[str, Any] = {"now": now, "until": now + lease, "worker": worker, "limit": limit}
+        if queues is None:
+            sql = self._sql["take"]
+        else:
+            sql = self._sql["take_queues"]
+            params["queues"] = list(queues)
+        records = [_record(row, now) for row in self._execute(sql, params).fetchall()]
+        if len(records) > 1:
+            records.sort(key=lambda record: (record.priority, _key(record.id)["seq"]))
+        return records
+
+    def _recover(self, now: float) -> None:
+        """Fail the jobs that lost their lease once too often (the others are handed out again by a take)."""
+        self._next_recover = now + RECOVER_INTERVAL
+        self._execute(self._sql["recover"], {"now": now, "error": LOST_ERROR})
+
+    def renew(self, job_id: str, worker: str, lease: float) -> bool:
+        params = {"until": time.time() + lease, "worker": worker, **_key(job_id)}
+        return self._execute(self._sql["renew"], params).rowcount > 0
+
+    def finish(
+        self,
+        job_id: str,
+        worker: str,
+        status: JobStatus,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        traceback: str | None = None,
+        expires_at: float | None = None,
+    ) -> JobRecord | None:
+        now = time.time()
+        params = {
+            "status": JobStatus(status).value,
+            "result": result,
+            "error": error,
+            "traceback": traceback,
+            "now": now,
+            "expires": expires_at,
+            "worker": worker,
+            **_key(job_id),
+        }
+        row = self._execute(self._sql["finish"], params).fetchone()
+        if row is None:
+            return None
+        record = _record(row, now)
+        self.finished_here(record)
+        return record
+
+    def finish_batch(
+        self, worker: str, succeeded: Sequence[tuple[str, str | None, float | None]]
+    ) -> list[JobRecord | None]:
+        now = time.time()
+        keys = [_key(job_id) for job_id, _, _ in succeeded]
+        params = {
+            "seq": [key["seq"] for key in keys],
+            "token": [key["token"] for key in keys],
+            "result": [result for _, result, _ in succeeded],
+            "expires": [expires for _, _, expires in succeeded],
+            "now": now,
+            "worker": worker,
+        }
+        done = {
+            row[0]: _record(row, now) for row in self._execute(self._sql["finish_batch"], params).fetchall()
+        }
+        records = [done.get(key["seq"]) for key in keys]
+        for record in records:
+            if record is not None:
+                self.finished_here(record)
+        return records
+
+    def fail_unrunnable(self, job_id: str, worker: str, error: str) -> JobRecord | None:
+        return self.finish(job_id, worker, JobStatus.FAILED, error=error, traceback="")
+
+    def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
+        note = self._note(eta=eta)
+        params = {"eta": eta, "error": error, "traceback": traceback, "worker": worker, "channel": self._channel,
+                  "note": note, **_key(job_id)}  # fmt: skip
+        return self._changed("retry_later", params, note)
+
+    def release(self, job_id: str, worker: str) -> bool:
+        note = self._note()
+        params = {"worker": worker, "channel": self._channel, "note": note, **_key(job_id)}
+        return self._changed("release", params, note)
+
+    def requeue(self, job_id: str) -> bool:
+        now = time.time()
+        note = self._note(eta=now)
+        params = {"now": now, "channel": self._channel, "note": note, **_key(job_id)}
+        return self._changed("requeue", params, note)
+
+    def _changed(self, statement: str, params: Mapping[str, Any], note: str) -> bool:
+        """Run a statement that makes one job ready (or scheduled) and notifies it; wake this process too."""
+        if self._execute(self._sql[statement], params).rowcount <= 0:
+            return False
+        self._announce([note])
+        return True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self._execute(self._sql["get"], _key(job_id)).fetchone()
+        return None if row is None else _record(row, time.time())
+
+    def cancel(self, job_id: str) -> bool:
+        now = time.time()
+        row = self._execute(self._sql["cancel"], {"now": now, **_key(job_id)}).fetchone()
+        if row is None:
+            return False
+        self.finished_here(_record(row, now))
+        return True
+
+    def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
+        chosen = sorted({JobStatus(status) for status in statuses} - {JobStatus.RUNNING})
+        if not chosen:
+            return 0
+        sql = f"DELETE FROM {self._schema_sql}.flask_queue_jobs WHERE ({' OR '.join(_STATUS_SQL[s] for s in chosen)})"
+        if queue is not None:
+            sql += " AND queue = %(queue)s"
+        return self._execute(sql, {"now": time.time(), "queue": queue}).rowcount
+
+    def size(self, queue: str | None = None) -> int:
+        sql = self._sql["size"] if queue is None else self._sql["size_queue"]
+        row = self._execute(sql, {"now": time.time(), "queue": queue}).fetchone()
+        return int(row[0]) if row else 0
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, count in self._execute(self._sql["counts"], {"now": time.time()}).fetchall():
+            counts.setdefault(queue, dict.fromkeys(map(str, JobStatus), 0))[status] = count
+        return counts
+
+    def jobs(
+        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+    ) -> list[JobRecord]:
+        now = time.time()
+        clauses = [] if status is None else [_STATUS_SQL[JobStatus(status)]]
+        if queue is not None:
+            clauses.append("queue = %(queue)s")
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_COLUMNS} FROM {self._schema_sql}.flask_queue_jobs{where}"
+            " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s"
+        )
+        params = {"now": now, "queue": queue, "limit": limit, "offset": offset}
+        return [_record(row, now) for row in self._execute(sql, params).fetchall()]
+
+    def expire(self) -> int:
+        return self._execute(self._sql["expire"], {"now": time.time()}).rowcount
+
+    def beat(self, info: WorkerInfo) -> None:
+        params = {
+            "name": info.name,
+            "info": info.to_json(),
+            "now": info.seen_at,
+            "until": info.seen_at + info.ttl,
+        }
+        self._execute(self._sql["beat"], params)
+
+    def workers(self) -> list[WorkerInfo]:
+        rows = self._execute(self._sql["workers"], {"now": time.time()}).fetchall()
+        return [WorkerInfo.from_json(info) for (info,) in rows]
+
+    def forget(self, name: str) -> None:
+        self._execute(self._sql["forget"], {"name": name})
+
+
+def _statements(s: str) -> dict[str, str]:
+    """The statements of a backend whose tables live in schema ``s`` (quoted), by name."""
+    jobs = f"{s}.flask_queue_jobs"
+    notify = "pg_notify(%(channel)s, %(note)s)"
+    take = (
+        f"WITH picked AS (SELECT seq FROM {jobs} WHERE status = 'queued' AND eta <= %(now)s AND (lease_until IS"
+        f" NULL OR (lease_until < %(now)s AND lost < {MAX_LOST - 1})){{queues}} ORDER BY priority, seq"
+        " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+        f" UPDATE {jobs} j SET attempts = j.attempts + 1, started_at = %(now)s, lease_until = %(until)s,"
+        " worker = %(worker)s, lost = j.lost + (j.lease_until IS NOT NULL)::int FROM picked"
+        f" WHERE j.seq = picked.seq RETURNING {_RETURN_J}"
+    )
+    return {
+        "insert": (
+            f"INSERT INTO {jobs} (token, task, queue, payload, priority, status, attempts, retries, timeout,"
+            " eta, enqueued_at) SELECT r.token, r.task, r.queue, r.payload, r.priority, 'queued', 0, r.retries,"
+            " r.timeout, r.eta, r.enqueued_at FROM unnest(CAST(%(token)s AS bigint[]), CAST(%(task)s AS text[]),"
+            " CAST(%(queue)s AS text[]), CAST(%(payload)s AS text[]), CAST(%(priority)s AS bigint[]),"
+            " CAST(%(retries)s AS bigint[]), CAST(%(timeout)s AS float8[]), CAST(%(eta)s AS float8[]),"
+            " CAST(%(enqueued_at)s AS float8[])) AS r(token, task, queue, payload, priority, retries, timeout,"
+            f" eta, enqueued_at) RETURNING seq, token, {notify}"
+        ),
+        "insert_one": (
+            f"INSERT INTO {jobs} (token, task, queue, payload, priority, status, attempts, retries, timeout,"
+            " eta, enqueued_at) VALUES (%(token)s, %(task)s, %(queue)s, %(payload)s, %(priority)s, 'queued', 0,"
+            f" %(retries)s, %(timeout)s, %(eta)s, %(enqueued_at)s) RETURNING seq, token, {notify}"
+        ),
+        "take": take.format(queues=""),
+        "take_queues": take.format(queues=" AND queue = ANY(%(queues)s)"),
+        "recover": (
+            f"UPDATE {jobs} SET status = 'failed', error = %(error)s, traceback = '', finished_at = %(now)s,"
+            " lost = lost + 1, lease_until = NULL WHERE status = 'queued' AND lease_until < %(now)s"
+            f" AND lost >= {MAX_LOST - 1}"
+        ),
+        "renew": f"UPDATE {jobs} SET lease_until = %(until)s WHERE {_KEY} AND {_HELD}",
+        "finish": (
+            f"UPDATE {jobs} SET status = %(status)s, result = %(result)s, error = %(error)s,"
+            " traceback = %(traceback)s, finished_at = %(now)s, expires_at = %(expires)s, lease_until = NULL"
+            f" WHERE {_KEY} AND {_HELD} RETURNING {_COLUMNS}"
+        ),
+        "finish_batch": (
+            f"UPDATE {jobs} j SET status = 'succeeded', result = b.result, error = NULL, traceback = NULL,"
+            " finished_at = %(now)s, expires_at = b.expires, lease_until = NULL FROM unnest(CAST(%(seq)s AS"
+            " bigint[]), CAST(%(token)s AS bigint[]), CAST(%(result)s AS text[]), CAST(%(expires)s AS float8[]))"
+            " AS b(seq, token, result, expires) WHERE j.seq = b.seq AND j.token = b.token"
+            f" AND j.status = 'queued' AND j.worker = %(worker)s AND j.lease_until IS NOT NULL RETURNING {_RETURN_J}"
+        ),
+        "retry_later": (
+            f"UPDATE {jobs} SET eta = %(eta)s, error = %(error)s, traceback = %(traceback)s, worker = NULL,"
+            f" lease_until = NULL WHERE {_KEY} AND {_HELD} RETURNING {notify}"
+        ),
+        "release": (
+            f"UPDATE {jobs} SET attempts = attempts - 1, worker = NULL, lease_until = NULL"
+            f" WHERE {_KEY} AND {_HELD} RETURNING {notify}"
+        ),
+        "requeue": (
+            f"UPDATE {jobs} SET status = 'queued', attempts = 0, lost = 0, eta = %(now)s, finished_at = NULL,"
+            " expires_at = NULL, lease_until = NULL, worker = NULL"
+            f" WHERE {_KEY} AND status IN ('failed', 'cancelled') RETURNING {notify}"
+        ),
+        "get": f"SELECT {_COLUMNS} FROM {jobs} WHERE {_KEY}",
+        "cancel": (
+            f"UPDATE {jobs} SET status = 'cancelled', finished_at = %(now)s"
+            f" WHERE {_KEY} AND status = 'queued' AND {_UNLEASED} RETURNING {_COLUMNS}"
+        ),
+        "size": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]}",
+        "size_queue": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]} AND queue = %(queue)s",
+        "counts": f"SELECT queue, {_EFFECTIVE_STATUS} AS s, count(*) FROM {jobs} GROUP BY queue, s",
+        "expire": (
+            f"DELETE FROM {jobs} WHERE expires_at <= %(now)s AND status IN ('succeeded', 'failed', 'cancelled')"
+        ),
+        "beat": (
+            f"WITH stale AS (DELETE FROM {s}.flask_queue_workers WHERE alive_until < %(now)s AND name <> %(name)s)"
+            f" INSERT INTO {s}.flask_queue_workers (name, info, alive_until) VALUES (%(name)s, %(info)s, %(until)s)"
+            " ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info, alive_until = EXCLUDED.alive_until"
+        ),
+        "workers": f"SELECT info FROM {s}.flask_queue_workers WHERE alive_until >= %(now)s ORDER BY name",
+        "forget": f"DELETE FROM {s}.flask_queue_workers WHERE name = %(name)s",
+    }
+
+
+def _seconds(url: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigurationError(f"TASK_QUEUE_BACKEND={url!r}: poll_interval must be a number of seconds > 0")
+    return seconds
+
+
+def _ids(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The ids of inserted rows, in the order of the records: one statement numbers its rows in that order."""
+    return [f"{seq}-{token:08x}" for seq, token, *_ in sorted(rows, key=lambda row: int(row[0]))]

@@ -1,0 +1,310 @@
+"""What the PostgreSQL backend does beyond the contract: its URL, errors, wake-ups, SKIP LOCKED, and a server
+that restarts or drops its connections under it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+
+from flask_queue import BackendError, JobStatus
+from flask_queue.tasks.backends import backend_from_url
+from flask_queue.tasks.backends.postgres import PostgresBackend
+from flask_queue.tasks.job import JobRecord
+from tests._services import POSTGRES_URL, postgres_namespace
+from tests.servers._live import free_port
+
+T = TypeVar("T")
+LEASE = 30.0
+
+
+def record(**fields: Any) -> JobRecord:
+    now = time.time()
+    fields.setdefault("eta", now)
+    fields.setdefault("queue", "default")
+    return JobRecord(id="", task="tests.noop", payload="{}", enqueued_at=now, **fields)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """The URL of a schema of this test's own, dropped after it."""
+    url, drop = postgres_namespace()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., PostgresBackend]]:
+    """Makes backends, closed after the test."""
+    made: list[PostgresBackend] = []
+
+    def make(url: str) -> PostgresBackend:
+        backend = backend_from_url(url)
+        assert isinstance(backend, PostgresBackend)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def eventually(call: Callable[[], T], within: float = 30.0) -> T:
+    """The first result of ``call`` that does not raise ``BackendError``, retried until ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return call()
+        except BackendError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_the_url_names_the_schema_and_hides_the_password() -> None:
+    backend = PostgresBackend("postgresql://app:s3cret@db.example:5433/jobs?schema=queue&sslmode=prefer")
+    try:
+        assert backend.schema == "queue"
+        assert backend.url == "postgresql://app:***@db.example:5433/jobs?schema=queue&sslmode=prefer"
+    finally:
+        backend.close()  # nothing to close: the backend connects at its first use
+    assert PostgresBackend("postgres://app@host/jobs").schema == "public"
+
+
+def test_the_other_parameters_go_to_libpq(url: str, backends: Callable[..., PostgresBackend]) -> None:
+    backend = backends(f"{url}&application_name=fq%20test&options=-c%20work_mem%3D7MB")
+    backend.size()
+    [pid] = backend._own_pids
+    with psycopg.connect(POSTGRES_URL) as conn:
+        row = conn.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone()
+    assert row == ("fq test",)
+    assert backend._conn().execute("SHOW work_mem").fetchone() == ("7MB",)
+
+
+def test_the_tables_are_created_in_the_schema_named(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    backend = backends(url)
+    backend.enqueue([record()])
+    with psycopg.connect(POSTGRES_URL) as conn:
+        tables = {
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [backend.schema]
+            )
+        }
+    assert {"flask_queue_jobs", "flask_queue_workers", "flask_queue_meta"} <= tables
+
+
+def test_processes_starting_together_create_the_tables_once(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    made = [backends(url) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        sizes = list(pool.map(lambda backend: backend.size(), made))
+    assert sizes == [0, 0, 0, 0]
+
+
+def test_an_unreachable_server_raises_backend_error_naming_the_url_without_password(
+    backends: Callable[..., PostgresBackend],
+) -> None:
+    port = free_port()  # nothing listens there
+    backend = backends(f"postgresql://postgres:hunter2@127.0.0.1:{port}/test?schema=x")
+    started = time.monotonic()
+    with pytest.raises(BackendError) as raised:
+        backend.enqueue([record()])
+    assert time.monotonic() - started < 10.0
+    message = str(raised.value)
+    assert f"postgresql://postgres:***@127.0.0.1:{port}/test?schema=x" in message
+    assert "hunter2" not in message
+    assert not isinstance(raised.value, psycopg.Error)
+    with pytest.raises(BackendError, match=r"\*\*\*"):
+        backend.dequeue(None, "w1", LEASE, 0.0)
+
+
+def test_a_notify_wakes_a_dequeue_waiting_in_another_backend_at_once(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    # Polls an hour apart: only the notification can wake the waiting dequeue within the test's deadline.
+    waiter = backends(f"{url}&poll_interval=3600")
+    writer = backends(url)
+    waiter.size()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, None, "w1", LEASE, 60.0)
+        [job_id] = writer.enqueue([record()])
+        leased = waiting.result(timeout=60.0)
+    assert leased is not None
+    assert leased.id == job_id
+
+
+def test_a_scheduled_job_wakes_a_waiting_dequeue_when_it_falls_due(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    waiter = backends(f"{url}&poll_interval=3600")
+    writer = backends(url)
+    waiter.size()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, None, "w1", LEASE, 60.0)
+        [job_id] = writer.enqueue([record(eta=time.time() + 0.3)])
+        leased = waiting.result(timeout=60.0)
+    assert leased is not None
+    assert leased.id == job_id
+
+
+def test_two_backends_racing_for_jobs_never_both_get_one(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    first, second = backends(url), backends(url)
+    first.enqueue([record(priority=n % 3) for n in range(400)])
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def work(backend: PostgresBackend, name: str, batch: int) -> None:
+        while leased := backend.dequeue_batch(None, name, LEASE, batch):
+            with lock:
+                taken.extend(r.id for r in leased)
+            backend.finish_batch(name, [(r.id, None, None) for r in leased])
+
+    with ThreadPoolExecutor(4) as pool:
+        done = [
+            pool.submit(work, backend, f"w{n}", batch)
+            for n, (backend, batch) in enumerate([(first, 1), (second, 1), (first, 7), (second, 7)])
+        ]
+        for future in done:
+            future.result(timeout=120)
+    assert len(taken) == 400
+    assert len(set(taken)) == 400
+    assert first.counts()["default"]["succeeded"] == 400
+
+
+def test_connections_dropped_by_the_server_are_made_again(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    backend = backends(url)
+    kept = backend.enqueue([record() for _ in range(5)])
+    with ThreadPoolExecutor(1) as pool:  # a waiting dequeue: the listener connects too
+        assert pool.submit(backend.dequeue, {"none"}, "w1", LEASE, 0.3).result(30) is None
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        pids = set(backend._own_pids)
+        assert pids
+        admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [list(pids)])
+    assert eventually(backend.size) == 5
+    assert all(backend.get(job_id) is not None for job_id in kept)
+    assert backend.dequeue(None, "w1", LEASE, 0.0) is not None
+
+
+def test_a_forked_child_uses_its_own_connections(url: str, backends: Callable[..., PostgresBackend]) -> None:
+    backend = backends(url)
+    backend.enqueue([record()])
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            backend.after_fork()
+            backend.enqueue([record()])
+            code = 0 if backend.size() == 2 else 2
+            backend.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The child dropped the parent's connection without ending its session: the parent's still works.
+    assert backend.size() == 2
+
+
+# -- a private server, restarted under the backend ---------------------------------------------------------
+
+
+class Cluster:
+    """A PostgreSQL cluster of this test's own, in a temporary folder, run by the ``postgres`` user."""
+
+    def __init__(self) -> None:
+        bindir = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+        if os.geteuid() != 0 or bindir is None or shutil.which("runuser") is None:
+            pytest.skip("a private PostgreSQL cluster needs root, runuser and /usr/lib/postgresql/*/bin")
+        self.bin = bindir
+        self.dir = Path(tempfile.mkdtemp(prefix="fq-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema=fq"
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            ["runuser", "-u", "postgres", "--", str(self.bin / tool), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        pid_file = self.data / "postmaster.pid"
+        if pid_file.exists():
+            try:
+                self.stop("immediate")
+            except subprocess.CalledProcessError:
+                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    cluster = Cluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def test_a_restarted_server_is_used_again_with_every_acknowledged_job(
+    cluster: Cluster, backends: Callable[..., PostgresBackend]
+) -> None:
+    backend = backends(f"{cluster.url}&poll_interval=3600")
+    other = backends(cluster.url)
+    acknowledged = backend.enqueue([record() for _ in range(20)])
+    leased = backend.dequeue(None, "w1", LEASE, 0.0)
+    assert leased is not None
+    with ThreadPoolExecutor(1) as pool:  # the listener connects, to be cut off by the crash
+        assert pool.submit(backend.dequeue, {"none"}, "w1", LEASE, 0.3).result(30) is None
+
+    cluster.stop("immediate")  # a crash: no clean goodbye to the clients
+    with pytest.raises(BackendError, match=str(cluster.port)):
+        backend.size()
+    cluster.start()
+
+    assert eventually(backend.size) == 19
+    assert all(backend.get(job_id) is not None for job_id in acknowledged)
+    stored = backend.get(leased.id)
+    assert stored is not None
+    assert stored.status is JobStatus.RUNNING
+    assert backend.finish(leased.id, "w1", JobStatus.SUCCEEDED) is not None
+    # The listener connects again by itself: a job enqueued elsewhere wakes a waiting dequeue (polls an hour
+    # apart could not).
+    fresh_id = f"fresh-{uuid.uuid4().hex}"
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(backend.dequeue, {fresh_id}, "w2", LEASE, 60.0)
+        [job_id] = eventually(lambda: other.enqueue([record(queue=fresh_id)]))
+        woken = waiting.result(timeout=60.0)
+    assert woken is not None
+    assert woken.id == job_id
