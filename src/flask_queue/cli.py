@@ -3,26 +3,54 @@
 Registered on every app a ``TaskQueue`` is set up on::
 
     flask queue worker --threads 4 --queue default --queue mail
+    flask queue worker --processes 4 --threads 8
     flask queue status
     flask queue retry 3f2a... | flask queue retry --failed
     flask queue purge default --status failed
+
+``flask queue worker --processes M`` runs a small supervisor: the app is loaded once, then M worker processes
+are forked from it (so nothing of theirs, no thread, no connection, exists in the parent at the fork). The
+supervisor restarts a worker process that dies (at once if it had been running a while; after a pause that
+doubles, if it died within ``MIN_UPTIME`` of its start, so that a worker that cannot start does not spin),
+forwards SIGTERM and SIGINT to them all so that each drains, and exits when they have all stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import signal
+import sys
 import threading
+import time
+import traceback
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass
+from typing import NoReturn
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .tasks.backends.memory import MemoryBackend
 from .tasks.job import JobStatus
 from .tasks.queue import EXTENSION_KEY, _AppState
 from .tasks.worker import Worker
 
 __all__ = ["queue_command"]
+
+#: A worker process that exits within this many seconds of its start counts as failing to start.
+MIN_UPTIME = 1.0
+#: The pause before restarting a worker process that failed to start: doubled each time in a row, capped.
+RESTART_BACKOFF = 0.5
+RESTART_BACKOFF_MAX = 30.0
+#: Seconds past ``TASK_QUEUE_SHUTDOWN_TIMEOUT`` the supervisor waits for draining workers before SIGKILL.
+KILL_AFTER = 15.0
+#: The signals that stop workers (a drain), and those the supervisor listens to.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SUPERVISOR_SIGNALS = {*STOP_SIGNALS, signal.SIGCHLD}
 
 
 def _state() -> _AppState:
@@ -39,13 +67,28 @@ def queue_command() -> None:
     """Flask-Queue: task workers and the state of the queues."""
 
 
+@dataclass(frozen=True)
+class _WorkerOptions:
+    threads: int
+    queues: Collection[str] | None
+    lease: float
+    burst: bool
+
+
 @queue_command.command("worker")
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes, each with --threads threads, under one supervisor [1: this process only].",
+)
 @click.option(
     "-t",
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker threads [TASK_QUEUE_WORKERS, or 2].",
+    help="Worker threads per process [TASK_QUEUE_WORKERS, or 2].",
 )
 @click.option(
     "-q", "--queue", "queues", multiple=True, help="A queue to take jobs from (repeat it); all by default."
@@ -58,24 +101,45 @@ def queue_command() -> None:
 )
 @click.option("--burst", is_flag=True, help="Exit once no job is ready and none is running.")
 @with_appcontext
-def worker_command(threads: int | None, queues: tuple[str, ...], lease: float | None, burst: bool) -> None:
-    """Run task workers in this process until SIGTERM or Ctrl-C, then drain them."""
+def worker_command(
+    processes: int, threads: int | None, queues: tuple[str, ...], lease: float | None, burst: bool
+) -> None:
+    """Run task workers until SIGTERM or Ctrl-C, then drain them (TASK_QUEUE_SHUTDOWN_TIMEOUT)."""
     state = _state()
     settings = state.settings
-    worker = Worker(
-        state.executor,
+    options = _WorkerOptions(
         threads=threads or settings["workers"] or 2,
         queues=queues or settings["queues"],
         lease=lease or settings["lease"],
-        name="cli",
+        burst=burst,
     )
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    taken = ", ".join(sorted(worker.queues)) if worker.queues is not None else "all"
-    click.echo(f"worker {worker.id}: {worker.threads} thread(s) on {state.backend.url}, queues: {taken}")
+    _log_to_stderr()
+    if processes == 1:
+        stop = threading.Event()
+        with _stop_on(stop):
+            _run_worker(state, options, stop)
+        return
+    if isinstance(state.backend, MemoryBackend):
+        raise click.UsageError(
+            "--processes needs a backend the processes share (sqlite, redis or postgresql), not memory://"
+        )
+    code = _Supervisor(state, options, processes).run()
+    if code:
+        raise SystemExit(code)
+
+
+def _run_worker(state: _AppState, options: _WorkerOptions, stop: threading.Event) -> None:
+    """Run a ``Worker`` in this process until ``stop`` is set (or, with ``burst``, until it is idle), then
+    drain it."""
+    worker = Worker(
+        state.executor, threads=options.threads, queues=options.queues, lease=options.lease, name="cli"
+    )
+    click.echo(
+        f"worker {worker.id}: {worker.threads} thread(s) on {state.backend.url}, queues: {_names(worker.queues)}"
+    )
     worker.start()
     try:
-        if burst:
+        if options.burst:
             names = list(worker.queues) if worker.queues is not None else [None]
             idle = 0
             while not stop.wait(0.05):
@@ -86,22 +150,199 @@ def worker_command(threads: int | None, queues: tuple[str, ...], lease: float | 
         else:
             stop.wait()
     finally:
-        report = worker.stop(settings["shutdown_timeout"])
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        report = worker.stop(state.settings["shutdown_timeout"])
     released = f", {report.released} running job(s) given back to the queue" if report.released else ""
     click.echo(f"worker {worker.id} stopped after {worker.processed} job(s){released}")
+
+
+def _names(queues: Collection[str] | None) -> str:
+    return ", ".join(sorted(queues)) if queues is not None else "all"
+
+
+@contextlib.contextmanager
+def _stop_on(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT inside the block."""
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _log_to_stderr() -> None:
+    """Show Flask-Queue's INFO lines (retries, outages) with the process id, unless logging is set up."""
+    library = logging.getLogger("flask_queue")
+    if library.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+    library.addHandler(handler)
+    library.setLevel(logging.INFO)
+
+
+@dataclass
+class _Slot:
+    """One of the supervisor's worker processes, and the restarts of its place."""
+
+    pid: int = 0
+    started: float = 0.0
+    #: Starts in a row that died within ``MIN_UPTIME``.
+    failures: int = 0
+    restart_at: float = 0.0
+    #: ``--burst``: its process finished its work.
+    done: bool = False
+
+
+class _Supervisor:
+    """Forks ``processes`` worker processes from this one and keeps them running (see the module's doc)."""
+
+    def __init__(self, state: _AppState, options: _WorkerOptions, processes: int) -> None:
+        self.state = state
+        self.options = options
+        self.slots = [_Slot() for _ in range(processes)]
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._exit_code = 0
+
+    def run(self) -> int:
+        """Supervise until a stop signal (or, with ``burst``, until every worker is done); the exit code."""
+        click.echo(
+            f"supervisor {os.getpid()}: {len(self.slots)} worker processes of {self.options.threads} thread(s)"
+            f" on {self.state.backend.url}, queues: {_names(self.options.queues)}"
+        )
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _SUPERVISOR_SIGNALS}
+        try:
+            self._supervise()
+            self._drain()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        click.echo(f"supervisor {os.getpid()}: stopped")
+        return self._exit_code
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum != signal.SIGCHLD:
+            self._stop.set()
+        self._wake.set()
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            self._reap()
+            if all(slot.done for slot in self.slots):
+                return
+            now = time.monotonic()
+            for slot in self.slots:
+                if not slot.pid and not slot.done and now >= slot.restart_at:
+                    self._spawn(slot)
+            waiting = [slot.restart_at - now for slot in self.slots if not slot.pid and not slot.done]
+            self._wake.wait(max(min([1.0, *waiting]), 0.0))
+            self._wake.clear()
+
+    def _drain(self) -> None:
+        """Forward the stop to every worker process and wait for them to drain (SIGKILL past a deadline)."""
+        for slot in self.slots:
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.state.settings["shutdown_timeout"] + KILL_AFTER
+        while any(slot.pid for slot in self.slots):
+            self._reap()
+            if time.monotonic() >= deadline:
+                for slot in self.slots:
+                    if slot.pid:
+                        click.echo(f"worker process {slot.pid} did not drain in time: killed", err=True)
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(slot.pid, signal.SIGKILL)
+                deadline = float("inf")
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _reap(self) -> None:
+        for slot in self.slots:
+            if not slot.pid:
+                continue
+            pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            if pid == 0:
+                continue
+            slot.pid = 0
+            code = os.waitstatus_to_exitcode(status)
+            ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            uptime = time.monotonic() - slot.started
+            if self._stop.is_set() or (self.options.burst and code == 0):
+                slot.done = True
+                if code != 0:
+                    self._exit_code = 1
+                    click.echo(f"worker process {pid} {ended}", err=True)
+                continue
+            slot.failures = slot.failures + 1 if uptime < MIN_UPTIME else 0
+            delay = (
+                min(RESTART_BACKOFF * 2.0 ** min(slot.failures - 1, 32), RESTART_BACKOFF_MAX)
+                if slot.failures
+                else 0.0
+            )
+            slot.restart_at = time.monotonic() + delay
+            click.echo(
+                f"worker process {pid} {ended} after {uptime:.1f} s; starting another"
+                + (f" in {delay:.1f} s" if delay else ""),
+                err=True,
+            )
+
+    def _spawn(self, slot: _Slot) -> None:
+        others = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
+        if others:
+            click.echo(
+                f"warning: threads {others} run in the supervisor; they do not exist in the worker processes"
+                " forked from it (start them in the tasks, not at import)",
+                err=True,
+            )
+        # Output buffered now would be written again by the child.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A stop signal that arrives between fork and the child's own handlers must reach the child's.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        slot.pid, slot.started = pid, time.monotonic()
+
+    def _child(self, mask: Collection[int]) -> NoReturn:
+        code = 1
+        try:
+            stop = threading.Event()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, lambda *_: stop.set())
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            # The backend's connections are the parent's: after_fork makes new ones for this process.
+            self.state.extension._after_fork(self.state)
+            _run_worker(self.state, self.options, stop)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                # Never return into the parent's code (click would go on running the command here).
+                os._exit(code)
 
 
 @queue_command.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_appcontext
 def status_command(as_json: bool) -> None:
-    """How many jobs each queue holds, by status."""
+    """How many jobs each queue holds, by status, and the workers alive now."""
     state = _state()
     counts = state.backend.counts()
+    workers = state.backend.workers()
     if as_json:
-        click.echo(json.dumps({"backend": state.backend.url, "queues": counts}, indent=2, sort_keys=True))
+        data = {"backend": state.backend.url, "queues": counts, "workers": [asdict(info) for info in workers]}
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     columns = [str(status) for status in JobStatus]
     click.echo(f"backend: {state.backend.url}")
@@ -111,6 +352,31 @@ def status_command(as_json: bool) -> None:
         click.echo(queue.ljust(width) + "".join(f"{counts[queue][name]:>11}" for name in columns))
     if not counts:
         click.echo("(no jobs)")
+    click.echo("")
+    if not workers:
+        click.echo("workers: none alive")
+        return
+    now = time.time()
+    rows = [
+        (
+            info.name,
+            _names(info.queues),
+            str(info.threads),
+            str(info.running),
+            str(info.processed),
+            f"{max(now - info.seen_at, 0.0):.0f} s ago",
+        )
+        for info in workers
+    ]
+    header = ("worker", "queues", "threads", "running", "processed", "last seen")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        # Names and queues read left-aligned, numbers right-aligned.
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        click.echo("  ".join(cells))
 
 
 @queue_command.command("retry")

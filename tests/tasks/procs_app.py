@@ -1,6 +1,7 @@
 """The app the process-level tests run in real processes: ``flask --app tests.tasks.procs_app ...`` and
-gunicorn. The queue file comes from ``FLASK_QUEUE_TEST_DB``; every run of a task is appended to
-``FLASK_QUEUE_TEST_RUNS`` as ``job-id pid`` so that a test can count the runs of each job."""
+gunicorn. The backend is ``FLASK_QUEUE_TEST_BACKEND``, or else the SQLite file ``FLASK_QUEUE_TEST_DB``; every
+run of a task is appended to ``FLASK_QUEUE_TEST_RUNS`` as ``tag pid`` when it starts, so that a test can count
+the runs of each job (``work`` also appends it to ``<runs>.done`` when it ends)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,20 @@ from flask_queue import TaskQueue
 app = Flask(__name__)
 tasks = TaskQueue(
     app,
-    backend=f"sqlite:///{os.environ['FLASK_QUEUE_TEST_DB']}",
+    backend=os.environ.get("FLASK_QUEUE_TEST_BACKEND") or f"sqlite:///{os.environ['FLASK_QUEUE_TEST_DB']}",
     workers=int(os.environ.get("FLASK_QUEUE_TEST_WORKERS", "2")),
     lease=float(os.environ.get("FLASK_QUEUE_TEST_LEASE", "30")),
 )
 RUNS = Path(os.environ["FLASK_QUEUE_TEST_RUNS"])
+DONE = RUNS.with_name(RUNS.name + ".done")
+#: ``gather`` jobs return once this file exists.
+RELEASE = RUNS.with_name("release")
 
 
-def _record_run(tag: str) -> None:
-    with RUNS.open("a") as runs:
-        runs.write(f"{tag} {os.getpid()}\n")
+def _record_run(tag: str, runs: Path = RUNS) -> None:
+    # One write of one short line to a file opened for appending: lines of concurrent processes never mix.
+    with runs.open("a") as file:
+        file.write(f"{tag} {os.getpid()}\n")
 
 
 @tasks.task
@@ -43,6 +48,27 @@ def hang_once(tag: str) -> int:
     return os.getpid()
 
 
+@tasks.task
+def work(tag: str, seconds: float) -> int:
+    """A job that takes a while: long enough to be in flight when its worker is killed."""
+    _record_run(tag)
+    time.sleep(seconds)
+    _record_run(tag, DONE)
+    return os.getpid()
+
+
+@tasks.task
+def gather(tag: str, count: int) -> int:
+    """Returns once ``count`` runs have started (so that they run at the same time) and ``RELEASE`` exists."""
+    _record_run(tag)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if RELEASE.exists() and len(RUNS.read_text().splitlines()) >= count:
+            break
+        time.sleep(0.02)
+    return os.getpid()
+
+
 @app.get("/enqueue")
 def enqueue() -> dict[str, object]:
     count = int(request.args.get("n", "1"))
@@ -55,6 +81,11 @@ def enqueue() -> dict[str, object]:
 def health() -> str:
     return "ok"
 
+
+if os.environ.get("FLASK_QUEUE_TEST_EXIT_AT_FORK"):
+    # A worker process that dies as it starts (``flask queue worker --processes N`` forks them from here).
+    code = int(os.environ["FLASK_QUEUE_TEST_EXIT_AT_FORK"])
+    os.register_at_fork(after_in_child=lambda: os._exit(code))
 
 if os.environ.get("FLASK_QUEUE_TEST_IMPORT_JOB"):
     # An enqueue at import time, as some apps do: under the reloader both processes import the app.

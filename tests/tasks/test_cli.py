@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+from pathlib import Path
 
 from flask import Flask
 
-from flask_queue import JobStatus
+from flask_queue import JobStatus, TaskQueue
 
 from .conftest import MakeQueue
 
@@ -116,3 +120,45 @@ def test_worker_names_the_queues_it_takes(make_queue: MakeQueue) -> None:
     assert "queues: mail, reports" in result.output
     everything = app.test_cli_runner().invoke(args=["queue", "worker", "--burst", "-q", "default"])
     assert "queues: default" in everything.output
+
+
+def test_status_lists_the_live_workers(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=2, queues=["mail", "default"])
+    runner = app.test_cli_runner()
+    tasks.start(app)  # first: a command run on the app keeps it from starting in-process workers
+    try:
+        deadline = time.monotonic() + 30
+        while not tasks.backend(app).workers():  # the first beat comes from the keeper thread
+            assert time.monotonic() < deadline, "the worker never beat"
+            time.sleep(0.01)
+        result = runner.invoke(args=["queue", "status"])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        header = lines.index(next(line for line in lines if line.startswith("worker ")))
+        assert lines[header].split() == [
+            "worker",
+            "queues",
+            "threads",
+            "running",
+            "processed",
+            "last",
+            "seen",
+        ]
+        row = lines[header + 1].split()
+        assert row[0].startswith(f"{socket.gethostname()}:{os.getpid()}:web-")
+        assert row[1:] == ["default,", "mail", "2", "0", "0", "0", "s", "ago"]
+        as_json = json.loads(runner.invoke(args=["queue", "status", "--json"]).output)
+        [worker] = as_json["workers"]
+        assert (worker["name"], worker["threads"], worker["queues"]) == (row[0], 2, ["default", "mail"])
+    finally:
+        tasks.shutdown(app=app)
+    assert "workers: none alive" in runner.invoke(args=["queue", "status"]).output
+    assert json.loads(runner.invoke(args=["queue", "status", "--json"]).output)["workers"] == []
+
+
+def test_worker_processes_need_a_shared_backend(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    TaskQueue(app, backend="memory://", workers=0)
+    result = app.test_cli_runner().invoke(args=["queue", "worker", "--processes", "2"])
+    assert result.exit_code == 2
+    assert "--processes needs a backend the processes share" in result.output

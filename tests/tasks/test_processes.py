@@ -1,10 +1,12 @@
-"""The task queue across real processes: ``flask queue worker``, SIGKILL mid-job, gunicorn, the reloader."""
+"""The task queue across real processes: ``flask queue worker`` (and its supervisor), SIGKILL mid-job, gunicorn,
+the reloader. ``tests/tasks/test_crash.py`` kills worker processes over every durable backend."""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,13 +28,19 @@ WAIT = 60.0
 
 
 class Env:
-    def __init__(self, tmp_path: Path) -> None:
+    """Processes running ``procs_app`` on one backend (by default a SQLite file in ``tmp_path``), their logs,
+    and the runs their tasks recorded."""
+
+    def __init__(self, tmp_path: Path, backend: str | None = None) -> None:
         self.db = tmp_path / "queue.sqlite3"
+        self.backend = backend or f"sqlite:///{self.db}"
         self.runs = tmp_path / "runs.txt"
+        self.done = tmp_path / "runs.txt.done"
         self.logs = tmp_path
         self.vars = {
             **os.environ,
             "FLASK_QUEUE_TEST_DB": str(self.db),
+            "FLASK_QUEUE_TEST_BACKEND": self.backend,
             "FLASK_QUEUE_TEST_RUNS": str(self.runs),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "PYTHONUNBUFFERED": "1",
@@ -70,11 +78,16 @@ class Env:
         return collections.Counter(line.split()[0] for line in self.runs.read_text().splitlines())
 
     def pids_of(self) -> dict[str, set[int]]:
-        pids: dict[str, set[int]] = collections.defaultdict(set)
-        if self.runs.exists():
-            for line in self.runs.read_text().splitlines():
+        return {tag: set(pids) for tag, pids in self.runs_in_order(self.runs).items()}
+
+    @staticmethod
+    def runs_in_order(file: Path) -> dict[str, list[int]]:
+        """``{tag: [pid of each run, in the order they started]}`` from a file of ``tag pid`` lines."""
+        pids: dict[str, list[int]] = collections.defaultdict(list)
+        if file.exists():
+            for line in file.read_text().splitlines():
                 tag, pid = line.split()
-                pids[tag].add(int(pid))
+                pids[tag].append(int(pid))
         return pids
 
     def stop_all(self) -> None:
@@ -102,9 +115,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
 def client_queue(env: Env, tmp_path: Path) -> Iterator[tuple[Flask, TaskQueue]]:
     """This process's view of the queue file: enqueues the procs_app's tasks by name, runs nothing."""
     app = Flask("client", instance_path=str(tmp_path))
-    tasks = TaskQueue(app, backend=f"sqlite:///{env.db}", workers=0)
-    for name in ("note", "hang_once"):
-        tasks.task(name=f"{APP}.{name}")(lambda tag: None)
+    tasks = TaskQueue(app, backend=env.backend, workers=0)
+    for name in ("note", "hang_once", "work", "gather"):
+        tasks.task(name=f"{APP}.{name}")(lambda *args: None)
     yield app, tasks
     tasks.backend(app).close()
 
@@ -292,3 +305,32 @@ def _each_job_runs_once_in_a_serving_worker(
     assert set(runs.values()) == {1}, "a job ran more than once"
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(WAIT)
+
+
+def test_a_worker_process_that_dies_at_start_is_restarted_after_growing_pauses(env: Env) -> None:
+    supervisor = env.spawn(
+        "-m",
+        "flask",
+        "--app",
+        APP,
+        "queue",
+        "worker",
+        "--processes",
+        "2",
+        name="workers",
+        FLASK_QUEUE_TEST_EXIT_AT_FORK="3",
+    )
+    with env.diagnose("workers"):
+        wait_until(
+            "a third restart of each place",
+            lambda: env.log("workers").count("starting another in 2.0 s") == 2,
+        )
+    os.kill(supervisor.pid, signal.SIGTERM)
+    code = supervisor.wait(WAIT)
+    log = env.log("workers")
+    # 1 only if a worker process was starting (and so dying) as the supervisor stopped.
+    assert code == 0 or (code == 1 and log.splitlines()[-2].endswith("exited with code 3")), log
+    pauses = re.findall(r"exited with code 3 after [\d.]+ s; starting another in ([\d.]+) s", log)
+    # Each of the two places waits 0.5, 1 then 2 s: a handful of starts, not a spin.
+    assert sorted(pauses[:6]) == ["0.5", "0.5", "1.0", "1.0", "2.0", "2.0"]
+    assert len(pauses) <= 8

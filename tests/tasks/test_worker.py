@@ -1,18 +1,24 @@
-"""The worker: jobs that cannot run, leases, drain at shutdown, lazy start."""
+"""The worker: jobs that cannot run, leases, drain at shutdown, lazy start, heartbeats, outages."""
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from flask import Flask
 
 from flask_queue import JobStatus, TaskFailed, TaskQueue
+from flask_queue.exceptions import BackendError
+from flask_queue.tasks.backends.sqlite import SQLiteBackend
 from flask_queue.tasks.job import JobRecord
 
 from .conftest import MakeQueue
@@ -302,3 +308,222 @@ def test_other_flask_commands_do_not_start_workers(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "threads 0" in result.output
     tasks.shutdown(app=app)
+
+
+# -- heartbeats -------------------------------------------------------------------------------------------
+
+
+def _wait_until(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+def test_a_worker_beats_while_it_runs_and_is_forgotten_when_it_stops(make_queue: MakeQueue) -> None:
+    from flask_queue.tasks.worker import Worker
+
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task(queue="mail")
+    def send(n: int) -> int:
+        return n
+
+    state = app.extensions["flask-queue.tasks"]
+    backend = tasks.backend(app)
+    worker = Worker(state.executor, threads=2, queues=["mail"], name="test", heartbeat=0.05)
+    worker.start()
+    try:
+        mine = _wait_until("the first beat", lambda: [w for w in backend.workers() if w.name == worker.id])
+        assert (mine[0].threads, mine[0].queues, mine[0].pid) == (2, ["mail"], os.getpid())
+        assert mine[0].ttl == pytest.approx(0.15)
+        with app.app_context():
+            jobs = send.enqueue_many([((n,), {}) for n in range(3)])
+        assert [job.result(timeout=30) for job in jobs] == [0, 1, 2]
+        _wait_until("a beat counting the jobs", lambda: [w.processed for w in backend.workers()] == [3])
+    finally:
+        worker.stop(10)
+    assert backend.workers() == []
+
+
+def test_in_process_workers_beat_too(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=1)
+    tasks.start(app)
+    beats = _wait_until("the web worker's beat", tasks.backend(app).workers)
+    assert ":web-" in beats[0].name
+    assert beats[0].threads == 1
+    tasks.shutdown(app=app)
+    assert tasks.backend(app).workers() == []
+
+
+# -- outages ----------------------------------------------------------------------------------------------
+
+
+class _FlakySQLite(SQLiteBackend):
+    """A SQLite backend whose calls raise ``BackendError`` while ``down`` is set: an outage, as a worker sees
+    a Redis or PostgreSQL that stopped answering. ``failed`` counts the calls refused, by method."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.down = threading.Event()
+        self.failed: collections.Counter[str] = collections.Counter()
+
+
+def _refused_while_down(name: str) -> Callable[..., Any]:
+    method = getattr(SQLiteBackend, name)
+
+    def call(self: _FlakySQLite, *args: Any, **kwargs: Any) -> Any:
+        if not self.down.is_set():
+            result = method(self, *args, **kwargs)
+            if not self.down.is_set():
+                return result
+            # Down during the call (a dequeue waits up to a second): its answer is lost, as a connection's.
+        self.failed[name] += 1
+        raise BackendError(f"{self.url}: connection refused (a test outage)")
+
+    return call
+
+
+for _name in (
+    "dequeue",
+    "dequeue_batch",
+    "renew",
+    "finish",
+    "finish_batch",
+    "retry_later",
+    "release",
+    "fail_unrunnable",
+    "expire",
+    "beat",
+    "forget",
+):
+    setattr(_FlakySQLite, _name, _refused_while_down(_name))
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Iterator[tuple[Flask, TaskQueue, _FlakySQLite]]:
+    """An app whose jobs live in a SQLite file, and a flaky backend on that file for a worker to use."""
+    app = Flask("outage", instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", workers=0)
+    flaky = _FlakySQLite(tmp_path / "jobs.sqlite3")
+    yield app, tasks, flaky
+    flaky.close()
+    tasks.backend(app).close()
+
+
+def _flaky_worker(app: Flask, flaky: _FlakySQLite, **options: Any) -> Any:
+    from flask_queue.tasks.worker import Executor, Worker
+
+    executor = Executor(**{**app.extensions["flask-queue.tasks"].executor.__dict__, "backend": flaky})
+    return Worker(executor, **options)
+
+
+def test_an_outage_is_ridden_out_with_backoff_and_logged_once(
+    outage: tuple[Flask, TaskQueue, _FlakySQLite], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, tasks, flaky = outage
+
+    @tasks.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    worker = _flaky_worker(app, flaky, threads=1, lease=5.0, heartbeat=0.05)
+    caplog.set_level(logging.INFO, logger="flask_queue.tasks")
+    worker.start()
+    try:
+        _wait_until("the first beat", flaky.workers)
+        flaky.down.set()
+        refused = lambda: flaky.failed["dequeue"] + flaky.failed["dequeue_batch"]  # noqa: E731
+        _wait_until("a refused dequeue", lambda: refused() >= 1)
+        first_refused = time.monotonic()
+        with app.app_context():
+            job = add.enqueue(1, 2)  # through the app's own connection: the job waits in the file
+        _wait_until("five refused dequeues", lambda: refused() >= 5)
+        # Four pauses of at least half of 0.1, 0.2, 0.4 and 0.8 s: a worker that spun would be far quicker.
+        assert time.monotonic() - first_refused >= 0.75
+        assert flaky.failed["beat"] >= 1
+        flaky.down.clear()
+        assert job.result(timeout=30) == 3
+        _wait_until("a beat after the outage", flaky.workers)
+        assert worker._keeper.is_alive()
+    finally:
+        worker.stop(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"task backend {flaky.url} failed (")
+    assert "connection refused (a test outage)" in warnings[0]
+    assert warnings[1].startswith(f"task backend {flaky.url} answers again after ")
+
+
+def test_an_outcome_that_could_not_be_recorded_is_recorded_when_the_backend_is_back(
+    outage: tuple[Flask, TaskQueue, _FlakySQLite],
+) -> None:
+    app, tasks, flaky = outage
+    runs: list[int] = []
+
+    @tasks.task
+    def pull_the_plug() -> str:
+        runs.append(1)
+        flaky.down.set()  # the backend goes away while the job runs: its success cannot be recorded
+        return "done"
+
+    worker = _flaky_worker(app, flaky, threads=1, lease=30.0)
+    worker.start()
+    try:
+        with app.app_context():
+            job = pull_the_plug.enqueue()
+        _wait_until("two refused records", lambda: flaky.failed["finish"] >= 2)
+        assert job.refresh().status is JobStatus.RUNNING
+        flaky.down.clear()
+        assert job.result(timeout=30) == "done"
+    finally:
+        worker.stop(10)
+    assert (job.record.attempts, job.record.lost, len(runs)) == (1, 0, 1)
+
+
+def test_an_outcome_unrecorded_when_its_lease_lapses_runs_again(
+    outage: tuple[Flask, TaskQueue, _FlakySQLite], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, tasks, flaky = outage
+    runs: list[int] = []
+
+    @tasks.task
+    def once_offline() -> int:
+        runs.append(1)
+        if len(runs) == 1:
+            flaky.down.set()
+        return len(runs)
+
+    worker = _flaky_worker(app, flaky, threads=1, lease=1.0)
+    worker.start()
+    try:
+        with app.app_context():
+            job = once_offline.enqueue()
+        _wait_until("the outcome to be given up", lambda: "before its lease lapsed" in caplog.text)
+        flaky.down.clear()
+        assert job.result(timeout=30) == 2  # at least once: the second run's outcome is the one kept
+    finally:
+        worker.stop(10)
+    assert (job.record.attempts, job.record.lost) == (2, 1)
+    assert "it will run again" in caplog.text
+
+
+def test_shutdown_during_an_outage_does_not_raise(outage: tuple[Flask, TaskQueue, _FlakySQLite]) -> None:
+    app, tasks, flaky = outage
+    started = threading.Event()
+
+    @tasks.task
+    def slow() -> None:
+        started.set()
+        flaky.down.set()
+        time.sleep(0.2)
+
+    worker = _flaky_worker(app, flaky, threads=1, lease=30.0)
+    worker.start()
+    with app.app_context():
+        job = slow.enqueue()
+    assert started.wait(30)
+    report = worker.stop(0.0)
+    assert report.released == 0  # it could not be given back: it runs again when its lease lapses
+    assert job.refresh().status is JobStatus.RUNNING
