@@ -1,7 +1,8 @@
-"""``python -m bench [overhead|overload|commit_hooks|tasks|wsgiplus]``: run the benchmarks, print their tables,
-keep the raw figures.
+"""``python -m bench [overhead|overload|commit_hooks|tasks|backends|crash|dashboard|wsgiplus]``: run the
+benchmarks, print their tables, keep the raw figures.
 
-``make bench`` runs them all with the issues' numbers (about 17 minutes); ``--quick`` is a smoke run of a few
+``make bench`` runs them all with the issues' numbers (about 17 minutes, and about an hour more for
+``backends``, whose slowest peers take minutes per 20,000 jobs); ``--quick`` is a smoke run of a few
 seconds per step. Every duration can be set by a flag or, for ``make bench``, by the environment variable
 named in ``--help``. Raw figures go to ``bench/results/`` (not committed); ``docs/benchmarks.md`` quotes them.
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _report, commit_hooks, overhead, overload, tasks, wsgiplus
+from . import _report, backends, commit_hooks, crash, dashboard, overhead, overload, tasks, wsgiplus
 from ._cli import add_options, config_from
 
 # Settings of a smoke run: each step lasts a few seconds, nothing is repeated.
@@ -38,6 +39,9 @@ _QUICK_OVERLOAD = {
 _OWN_FLAGS: dict[str, Callable[[list[str]], int]] = {
     "commit_hooks": commit_hooks.main,
     "tasks": tasks.main,
+    "backends": backends.main,
+    "crash": crash.main,
+    "dashboard": dashboard.main,
     "wsgiplus": wsgiplus.main,
 }
 

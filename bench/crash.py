@@ -221,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lease", type=float, default=2.0, help="seconds a job is leased [2]")
     parser.add_argument("--kill-every", type=float, default=1.0, help="seconds between two kills [1]")
     parser.add_argument("--task-ms", type=float, default=0.0, help="milliseconds each job sleeps [0]")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1,000 jobs")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.jobs = min(args.jobs, 1_000)
     result = run(args)
     print(json.dumps(result, indent=1))
     print(

@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--db", required=True)
     parser.add_argument("--jobs", type=int, default=100_000, help="jobs in the queue (default 100,000)")
     parser.add_argument("--requests", type=int, default=20, help="requests per URL (default 20)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5,000 jobs, 5 requests per URL")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.jobs, args.requests = min(args.jobs, 5_000), min(args.requests, 5)
     if args.command == "serve":
         import waitress
 
