@@ -24,7 +24,7 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
 def wrk(wrk_path: str, url: str, connections: int, seconds: float, timeout: float = 30.0) -> dict[str, Any]:
-    """One wrk run (one thread, keep-alive): requests per second, latency percentiles in ms, failures."""
+    """One wrk run (one thread, keep-alive): requests in all and per second, latency percentiles, failures."""
     command = [
         wrk_path,
         "-t1",
@@ -47,10 +47,12 @@ def wrk(wrk_path: str, url: str, connections: int, seconds: float, timeout: floa
         f"p{match.group(1)}_ms": float(match.group(2)) * _UNITS[match.group(3)]
         for match in re.finditer(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE)
     }
+    requests = re.search(r"(\d+) requests in", out)
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": float(rps.group(1)),
+        "requests": int(requests.group(1)) if requests else 0,
         **percentiles,
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
         "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,

@@ -25,6 +25,15 @@ waits for parks at shutdown; everything that touches its poller happens on it. S
 - graceful shutdown waits for parked requests, up to gunicorn's ``--graceful-timeout``;
 - keep-alive connections stay open across a park.
 
+What a request costs is mostly hand-overs between threads, each a GIL hand-over and a wake-up: the pool
+thread, the event loop and the main loop each take part in a parked request. So the worker hands over as
+little as it can: its pool makes no Future per call, the main loop is woken once per turn however many
+steps finished meanwhile (``run_async`` wakes the event loop the same way), a response's head goes out with
+its first body chunk, a body read to its end is not drained again, and the heartbeat file is touched at
+most twice a second rather than on every turn of the main loop. Resuming a request on the event loop's
+thread would save one more hand-over, but code after a ``yield`` may block (a database query), and on the
+loop it would stall every coroutine of the process, or deadlock waiting on one; so it resumes on the pool.
+
 Setting: ``WSGI_PLUS_SUSPEND_TIMEOUT`` (seconds, default 60), read from the environment, where gunicorn's
 ``--env WSGI_PLUS_SUSPEND_TIMEOUT=30`` (``raw_env`` in a config file) also puts it. An invalid value stops
 gunicorn at start with an error naming the setting. HTTP/2 connections are served as by gthread, without
@@ -36,21 +45,24 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import inspect
 import math
 import os
+import queue
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
 from gunicorn import http, util
-from gunicorn.http import wsgi
+from gunicorn.http import body, wsgi
 from gunicorn.workers import gthread
 
 from . import wsgiplus
@@ -64,6 +76,8 @@ SUSPEND_TIMEOUT_ENV: Final = "WSGI_PLUS_SUSPEND_TIMEOUT"
 DEFAULT_SUSPEND_TIMEOUT: Final = 60.0
 #: Seconds a request stays parked before the worker watches its socket for a client that leaves.
 WATCH_AFTER: Final = 0.5
+#: Seconds between two heartbeats at most (less when gunicorn's ``--timeout`` asks for it).
+HEARTBEAT_EVERY: Final = 0.5
 
 if not hasattr(gthread, "PollableMethodQueue"):  # pragma: no cover - depends on the installed gunicorn
     raise ImportError(
@@ -148,14 +162,103 @@ class _Done:
 
 
 class _Park:
-    """One park of a request on one Future; see ``WSGIPlusWorker._claim``."""
+    """One park of a request on one Future; see ``WSGIPlusWorker._claim``.
 
-    __slots__ = ("deadline", "future", "request")
+    It is its future's done-callback itself, rather than a closure made for each park.
+    """
 
-    def __init__(self, request: _Request, future: Future[Any], deadline: float) -> None:
+    __slots__ = ("deadline", "future", "request", "worker")
+
+    def __init__(
+        self, worker: WSGIPlusWorker, request: _Request, future: Future[Any], deadline: float
+    ) -> None:
+        self.worker = worker
         self.request = request
         self.future = future
         self.deadline = deadline
+
+    def __call__(self, future: Future[Any]) -> None:
+        worker = self.worker
+        if worker._claim(self):
+            worker._submit(self, worker._resume, *outcome(future))
+
+
+class _Pool:
+    """The worker's request threads: a queue of calls, and nothing made per call.
+
+    gthread's ``ThreadPoolExecutor`` makes a Future (with its condition variable) and a work item for every
+    submit, and a parked request is submitted twice; nothing reads those futures here, since each step
+    reports to the main loop itself. This pool gives gthread what it uses of its pool, ``submit`` and
+    ``shutdown``. A call that raises is logged and its thread goes on serving.
+    """
+
+    def __init__(self, threads: int, log: Any) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[..., object], tuple[Any, ...]] | None]
+        self._calls = queue.SimpleQueue()
+        self._log = log
+        self._closed = False
+        # Not daemons: at exit the interpreter lets a running step finish, as with gthread's executor.
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"wsgiplus-request-{number}")
+            for number in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on a pool thread. :raises RuntimeError: after ``shutdown``."""
+        if self._closed:
+            raise RuntimeError("the request threads are shut down")
+        self._calls.put((fn, args))
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Let the threads end once the calls queued so far are done; ``wait`` for that. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            for _ in self._threads:
+                self._calls.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+    def _serve(self) -> None:
+        get = self._calls.get
+        while (call := get()) is not None:
+            fn, args = call
+            try:
+                fn(*args)
+            except BaseException:
+                self._log.exception("Error in a request thread")
+
+
+class _MethodQueue(gthread.PollableMethodQueue):  # type: ignore[misc]
+    """gthread's queue of calls for the main loop, with one wake-up byte per turn of the loop, not per call.
+
+    Every finished request and every finished park is such a call. A call that finds a byte already on its
+    way adds itself to the queue only; the main loop clears the flag before it drains, so a call queued
+    after that flag was cleared either is drained now or has written a byte of its own.
+    """
+
+    def init(self) -> None:
+        super().init()
+        self._signalled = False
+
+    def defer(self, callback: Callable[..., object], *args: Any) -> None:
+        self._queue.put((callback, args))
+        if not self._signalled:
+            self._signalled = True
+            with contextlib.suppress(OSError):  # the pipe is full: a byte is there already
+                os.write(self._write_fd, b"\0")
+
+    def run_callbacks(self, _fileobj: object) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._read_fd, 4096)
+        self._signalled = False
+        calls = self._queue
+        # What is queued now, not what arrives meanwhile: a call queued from here on has its own byte.
+        for _ in range(calls.qsize()):
+            callback, args = calls.get_nowait()
+            callback(*args)
 
 
 _GONE: Final = object()
@@ -169,11 +272,92 @@ def _not_bytes(item: object, headers_sent: bool) -> TypeError:
     )
 
 
+class _HeadCapture:
+    """Stands in for the socket while gunicorn's ``send_headers`` writes the head: keeps it instead."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.head += data
+
+
+class _Response(wsgi.Response):  # type: ignore[misc]
+    """gunicorn's HTTP/1 response, sending its head and first body chunk in one system call, not two.
+
+    Every write that leaves the socket releases the GIL, and under load another thread takes it: fewer
+    writes, fewer hand-overs (and one wake-up of the client, not two). When no body goes out with the
+    head (a HEAD request, an empty or cut-off chunk), the head is written on its own before ``write``
+    returns, so what is on the wire after a write is what gunicorn would have put there.
+    """
+
+    sock: Any
+    _holding = False
+    _head: bytes | None = None
+
+    def write(self, arg: bytes) -> None:
+        if self.headers_sent or self.chunked:
+            super().write(arg)
+            return
+        self._holding = True
+        try:
+            super().write(arg)
+        finally:
+            self._holding = False
+            head, self._head = self._head, None
+            if head is not None:
+                util.write(self.sock, head)
+
+    def send_headers(self) -> None:
+        if not self._holding or self.headers_sent:
+            super().send_headers()
+            return
+        sock = self.sock
+        capture = self.sock = _HeadCapture()
+        try:
+            super().send_headers()
+        finally:
+            self.sock = sock
+        self._head = capture.head
+
+    def _emit_body(self, data: bytes) -> None:
+        head, self._head = self._head, None
+        super()._emit_body(data if head is None else head + data)
+
+
+# gunicorn 25 and later let a worker choose its response class; with an older one the head goes apart.
+_create = (
+    partial(wsgi.create, response_class=_Response)
+    if "response_class" in inspect.signature(wsgi.create).parameters
+    else wsgi.create
+)
+
+
+def _forget_read_body(conn: Any) -> bool:
+    """Whether the request just served left nothing of its body on the socket (no body, or all of it read).
+
+    If so, the parser forgets the request, so that reading the next one does not drain its body again.
+    Either drain would set and reset a socket timeout to read nothing: system calls that each hand the
+    GIL over under load.
+    """
+    parser = conn.parser
+    message = parser.mesg
+    reader = getattr(getattr(message, "body", None), "reader", None)
+    if isinstance(reader, body.LengthReader) and reader.length == 0 and not message.body.failed:
+        parser.mesg = None
+        return True
+    return False
+
+
 class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker that parks requests on Futures (WSGI+); see the module docstring."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.method_queue = _MethodQueue()
+        self._next_heartbeat = 0.0
         self.suspend_timeout = DEFAULT_SUSPEND_TIMEOUT
         # Parked requests (a dict as an atomic set: see _claim), and their deadlines in order (lazily cleaned).
         self._parked: dict[_Park, None] = {}
@@ -199,10 +383,22 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
         if isinstance(self.wsgi, Flask):
             wsgiplus.init_app(self.wsgi)
 
+    def notify(self) -> None:
+        # gthread beats on every turn of its main loop, which turns for every finished request: a file's
+        # mtime set (a system call) that often tells the arbiter nothing more than one every half second.
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + min(HEARTBEAT_EVERY, self.timeout / 4)
+            super().notify()
+
+    def get_thread_pool(self) -> _Pool:
+        return _Pool(self.cfg.threads, self.log)
+
     def run(self) -> None:
         try:
             super().run()
         finally:
+            self.tpool.shutdown(wait=False)  # gthread's run does it too, unless it raised
             self._drop_parked()
             wsgiplus.shutdown(timeout=5.0)
 
@@ -228,7 +424,7 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
         resp = None
         try:
             self.cfg.pre_request(self, req)
-            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            resp, environ = _create(req, conn.sock, conn.client, conn.server, self.cfg)
         except BaseException:
             self._post_request(req, environ, resp)
             raise
@@ -400,6 +596,8 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def _keepalive_after(self, conn: Any, keepalive: Any) -> Any:
         if isinstance(keepalive, _Park):
             return keepalive  # parked: the body is not read yet, and the main loop owns the connection now
+        if keepalive and _forget_read_body(conn):
+            return True
         return super()._keepalive_after(conn, keepalive)
 
     # -- parking ---------------------------------------------------------------------------------------------
@@ -414,13 +612,13 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """Record a park (pool thread, the last thing its step does) and watch its future."""
         future = request.future
         assert future is not None
-        park = _Park(request, future, time.monotonic() + self.suspend_timeout)
+        park = _Park(self, request, future, time.monotonic() + self.suspend_timeout)
         self._parked[park] = None
         self._deadlines.append(park)
         self._unwatched.append(park)
         # Runs inline, in this thread, if the future is done by now: the generator is not executing any more,
         # and this step touches the request no further, so the resume may start on another thread at once.
-        future.add_done_callback(partial(self._on_done, park))
+        future.add_done_callback(park)
         return park
 
     def enqueue_req(self, conn: Any) -> None:
@@ -430,7 +628,7 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
         """gthread's ``handle``, then its ``finish_request`` on the main loop, unless the request parked.
 
         A park needs no word to the main loop now (see ``_watch_due``). The result goes to the main loop as
-        it is, not through the pool's future: that saves three trips through a future's lock per request.
+        it is: the pool makes no future to carry it.
         """
         try:
             result = self.handle(conn)
@@ -442,10 +640,6 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def _claim(self, park: _Park) -> bool:
         return self._parked.pop(park, _GONE) is not _GONE
-
-    def _on_done(self, park: _Park, future: Future[Any]) -> None:
-        if self._claim(park):
-            self._submit(park, self._resume, *outcome(future))
 
     def _submit(self, park: _Park, step: Any, *args: Any) -> None:
         try:

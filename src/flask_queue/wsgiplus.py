@@ -35,8 +35,10 @@ import logging
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ._types import StartResponse, WSGIEnvironment
@@ -81,16 +83,18 @@ class _Runtime:
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.starter: _Starter | None = None
         self.thread: threading.Thread | None = None
         self.executor: ThreadPoolExecutor | None = None
 
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        loop = self.loop
-        if loop is not None and self.pid == os.getpid():
-            return loop
+    def get_starter(self) -> _Starter:
+        """The hand-over to the event loop, started (with its thread) at the first call in this process."""
+        starter = self.starter
+        if starter is not None and self.pid == os.getpid():
+            return starter
         with self.lock:
             self._forget_if_forked()
-            if self.loop is None:
+            if self.starter is None:
                 loop = asyncio.new_event_loop()
                 started = threading.Event()
                 # Not a daemon: at exit the loop is stopped and joined (see shutdown), so a coroutine is never
@@ -100,8 +104,11 @@ class _Runtime:
                 )
                 thread.start()
                 started.wait()
-                self.loop, self.thread = loop, thread
-            return self.loop
+                self.loop, self.starter, self.thread = loop, _Starter(loop), thread
+            return self.starter
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.get_starter().loop
 
     def get_executor(self) -> ThreadPoolExecutor:
         executor = self.executor
@@ -117,13 +124,13 @@ class _Runtime:
         # A child of fork() has none of its parent's threads: what the parent started is not ours to stop.
         if self.pid != os.getpid():
             self.pid = os.getpid()
-            self.loop = self.thread = self.executor = None
+            self.loop = self.starter = self.thread = self.executor = None
 
     def shutdown(self, timeout: float) -> None:
         with self.lock:
             self._forget_if_forked()
             loop, thread, executor = self.loop, self.thread, self.executor
-            self.loop = self.thread = self.executor = None
+            self.loop = self.starter = self.thread = self.executor = None
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
         if loop is not None and thread is not None:
@@ -152,6 +159,82 @@ def _run_loop(loop: asyncio.AbstractEventLoop, started: threading.Event) -> None
         loop.run_until_complete(loop.shutdown_asyncgens())
 
 
+class _Starter:
+    """Starts coroutines handed over by other threads on one event loop, waking the loop once per batch.
+
+    ``asyncio.run_coroutine_threadsafe`` writes to the loop's self-pipe for every coroutine: a system call
+    in the caller and, when the loop is busy, a wasted wake-up after it. Here a coroutine handed over while
+    a wake-up is already on its way only joins the queue. The loop clears the flag before it drains the
+    queue, so a coroutine queued after that is either started by this drain or has scheduled one of its own.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queued: deque[tuple[Coroutine[Any, Any, Any], Future[Any], contextvars.Context]] = deque()
+        self._scheduled = False
+
+    def start(self, coro: Coroutine[Any, Any, R]) -> Future[R]:
+        """Start ``coro`` on the loop in a copy of the caller's context; a Future of its outcome (any thread)."""
+        future: Future[R] = Future()
+        self._queued.append((coro, future, contextvars.copy_context()))
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self._start_queued)
+            except RuntimeError:  # the loop is closed: as run_coroutine_threadsafe, say so to the caller
+                self._scheduled = False
+                raise
+        return future
+
+    def _start_queued(self) -> None:
+        self._scheduled = False
+        queued = self._queued
+        while queued:
+            coro, future, context = queued.popleft()
+            if future.cancelled():  # before it started: it never runs (not even to its first await)
+                coro.close()
+                continue
+            # The task copies the current context: the caller's, entered here.
+            task = context.run(self.loop.create_task, coro)
+            task.add_done_callback(functools.partial(_settle, future))
+            future.add_done_callback(functools.partial(_cancel_task, self.loop, task))
+
+
+def _settle(future: Future[Any], task: asyncio.Task[Any]) -> None:
+    """Give a finished task's outcome to the Future its caller holds (on the loop)."""
+    if task.cancelled():
+        future.cancel()
+        return
+    if not future.set_running_or_notify_cancel():  # cancelled meanwhile: nobody wants the outcome
+        return
+    error = task.exception()
+    if error is None:
+        future.set_result(task.result())
+    else:
+        future.set_exception(_concurrent_error(error))
+
+
+#: asyncio's errors that have a ``concurrent.futures`` counterpart of another class (the timeout's is the same
+#: class since Python 3.11).
+_CONCURRENT_ERRORS: Final[dict[type[BaseException], type[BaseException]]] = {
+    asyncio.TimeoutError: FutureTimeoutError,
+    asyncio.InvalidStateError: InvalidStateError,
+}
+
+
+def _concurrent_error(error: BaseException) -> BaseException:
+    """asyncio's own timeout and state errors as ``concurrent.futures`` ones, as asyncio hands them over."""
+    kind = _CONCURRENT_ERRORS.get(type(error))
+    return error if kind is None or kind is type(error) else kind(*error.args)
+
+
+def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], future: Future[Any]) -> None:
+    """Cancelling the caller's Future (any thread) cancels the coroutine."""
+    if future.cancelled():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the task is gone with it
+            loop.call_soon_threadsafe(task.cancel)
+
+
 _runtime = _Runtime()
 
 
@@ -160,16 +243,16 @@ def run_async(coro: Awaitable[R]) -> Future[R]:
 
     The loop runs in a thread of its own, started at the first call in each process (after a fork, never
     before). The coroutine sees the caller's context variables, so ``flask.request`` works in it. Cancelling
-    the future cancels the coroutine. Thread-safe; never call ``.result()`` on the future from a coroutine
+    the future cancels the coroutine (one that has not started yet never runs). Thread-safe; never call ``.result()`` on the future from a coroutine
     running on that same loop (it would wait for itself).
 
     :raises TypeError: when ``coro`` is not awaitable (a coroutine function called without ``()``, say).
     """
     if asyncio.iscoroutine(coro):
-        return asyncio.run_coroutine_threadsafe(coro, _runtime.get_loop())
+        return _runtime.get_starter().start(coro)
     if not inspect.isawaitable(coro):
         raise TypeError(f"run_async() needs a coroutine (call the async function), got {coro!r}")
-    return asyncio.run_coroutine_threadsafe(_await(coro), _runtime.get_loop())
+    return _runtime.get_starter().start(_await(coro))
 
 
 async def _await(awaitable: Awaitable[R]) -> R:

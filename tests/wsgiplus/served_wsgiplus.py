@@ -126,7 +126,30 @@ def gate_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterabl
     yield f"gate {name}: {value}".encode()
 
 
+def long_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[Any]:
+    """A first chunk longer than the Content-Length it announced (after a park): the server cuts it."""
+    yield later(0.05)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    yield b"abcdef"
+
+
+def empty_first_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[Any]:
+    """An empty first chunk, a park, then the body: the headers go out before the park."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+    yield b""
+    yield gate(environ["QUERY_STRING"].split("name=")[1])
+    yield b"xyz"
+
+
+def exit_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[Any]:
+    """Raises ``SystemExit`` in a request thread: the connection closes unanswered, the thread serves on."""
+    raise SystemExit(3)
+
+
 RAW: dict[str, Callable[[WSGIEnvironment, StartResponse], Iterable[Any]]] = {
+    "/raw/long": long_app,
+    "/raw/empty-first": empty_first_app,
+    "/raw/exit": exit_app,
     "/raw/rfc": rfc_app,
     "/raw/raise": raising_app,
     "/raw/cancelled": cancelled_app,
@@ -228,6 +251,21 @@ def sleeping() -> Any:
 def gate_state(name: str) -> Any:
     future = gate(name)
     return {"done": future.done(), "cancelled": future.cancelled()}
+
+
+@app.post("/flask/read")
+@queue.exempt
+def read_body() -> Any:
+    return f"read {len(request.get_data())}"
+
+
+@app.post("/flask/unread")
+@queue.exempt
+@suspendable
+def unread_body() -> Generator[Future[Any], Any, Any]:
+    """Parks, then answers without reading the request's body (the server drains it)."""
+    yield later(0.05)
+    return "unread"
 
 
 @app.get("/flask/context")
