@@ -38,6 +38,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
 
 
+def run_line(results: dict[str, Any]) -> str:
+    """What ran where and when: the versions of the systems, the machine, the times and the load at the start."""
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    machine = results["machine"]
+    load = machine.get("loadavg_at_start") or [0.0]
+    return (
+        f"{versions}; Python {machine['python']}, {machine['cpus']} CPUs; run {machine['time']}"
+        f" to {machine.get('ended', '?')}, load average {load[0]:.2f} at the start"
+    )
+
+
 def save(name: str, data: dict[str, Any], text: str) -> Path:
     """Write a run's raw figures (JSON) and its printed report under ``bench/results/`` (not committed)."""
     RESULTS.mkdir(exist_ok=True)

@@ -531,13 +531,7 @@ def report(results: dict[str, Any]) -> str:
     )
     for problem in s["problems"]:
         lines.append(f"\nPROBLEM: {problem}")
-    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
-    machine = results["machine"]
-    load = machine.get("loadavg_at_start") or [0.0]
-    lines.append(
-        f"\n{versions}; Python {machine['python']}, {machine['cpus']} CPUs; run {machine['time']}"
-        f" to {machine.get('ended', '?')}, load average {load[0]:.2f} at the start"
-    )
+    lines.append("\n" + _report.run_line(results))
     return "\n".join(lines)
 
 
