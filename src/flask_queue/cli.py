@@ -34,6 +34,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from .exceptions import BackendError
 from .tasks.backends.memory import MemoryBackend
 from .tasks.job import JobStatus
 from .tasks.queue import EXTENSION_KEY, _AppState
@@ -143,7 +144,11 @@ def _run_worker(state: _AppState, options: _WorkerOptions, stop: threading.Event
             names = list(worker.queues) if worker.queues is not None else [None]
             idle = 0
             while not stop.wait(0.05):
-                busy = worker.running or sum(state.backend.size(name) for name in names)
+                try:
+                    busy = worker.running or sum(state.backend.size(name) for name in names)
+                except BackendError:
+                    # An outage is not the end of the work: the worker rides it out, and so does this check.
+                    busy = True
                 idle = 0 if busy else idle + 1
                 if idle >= 3:
                     break

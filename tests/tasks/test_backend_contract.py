@@ -563,3 +563,11 @@ def test_a_worker_that_stopped_beating_is_not_listed(backend: Backend) -> None:
     backend.beat(_worker_info("stale", seen_at=time.time() - 60, ttl=10))
     backend.beat(_worker_info("alive", ttl=10))
     assert [info.name for info in backend.workers()] == ["alive"]
+
+
+def test_priorities_at_the_ends_of_their_range_keep_their_order(backend: Backend) -> None:
+    top = put(backend, priority=2**53)
+    below_top = put(backend, priority=2**53 - 1)
+    bottom = put(backend, priority=-(2**53))
+    taken = [take(backend) for _ in range(3)]
+    assert [job.id if job else None for job in taken] == [bottom.id, below_top.id, top.id]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from flask_queue import JobStatus, TaskQueue
+from flask_queue import BackendError, JobStatus, TaskQueue
 
 from .conftest import MakeQueue
 
@@ -101,6 +101,38 @@ def test_worker_burst_runs_the_ready_jobs_and_exits(make_queue: MakeQueue) -> No
     assert result.exit_code == 0, result.output
     assert sorted(ran) == [0, 1, 2, 3, 4]
     assert "stopped after 5 job(s)" in result.output
+
+
+def test_worker_burst_rides_out_an_outage_of_its_idle_check(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+    ran: list[int] = []
+
+    @tasks.task
+    def note(n: int) -> None:
+        ran.append(n)
+
+    backend = tasks.backend(app)
+    real_size = backend.size
+    refused = 0
+
+    def size(queue: str | None = None) -> int:
+        # The backend's answers to the idle check are lost for a while, as in an outage of Redis or PostgreSQL.
+        nonlocal refused
+        if refused < 5:
+            refused += 1
+            raise BackendError(f"{backend.url}: connection refused (a test outage)")
+        return real_size(queue)
+
+    with app.app_context():
+        note.enqueue_many([((n,), {}) for n in range(3)])
+    backend.size = size  # type: ignore[method-assign]
+    try:
+        result = app.test_cli_runner().invoke(args=["queue", "worker", "--burst"])
+    finally:
+        del backend.size
+    assert result.exit_code == 0, result.output
+    assert refused == 5
+    assert sorted(ran) == [0, 1, 2]
 
 
 def test_commands_without_a_task_queue_say_so() -> None:

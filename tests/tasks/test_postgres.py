@@ -15,9 +15,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import psycopg
 import pytest
+from psycopg import sql
+from sqlalchemy import create_engine
 
 from flask_queue import BackendError, JobStatus
 from flask_queue.tasks.backends import backend_from_url
@@ -83,6 +86,21 @@ def test_the_url_names_the_schema_and_hides_the_password() -> None:
     assert PostgresBackend("postgres://app@host/jobs").schema == "public"
 
 
+def test_a_password_given_as_a_parameter_is_hidden_too(backends: Callable[..., PostgresBackend]) -> None:
+    # libpq takes the password in the query too; nothing listens on this port.
+    port = free_port()
+    backend = backends(
+        f"postgresql://app@127.0.0.1:{port}/db?password=hunter2&connect_timeout=2&sslpassword=k3y"
+    )
+    assert (
+        backend.url == f"postgresql://app@127.0.0.1:{port}/db?password=***&connect_timeout=2&sslpassword=***"
+    )
+    with pytest.raises(BackendError) as raised:
+        backend.size()
+    assert "hunter2" not in str(raised.value)
+    assert "k3y" not in str(raised.value)
+
+
 def test_the_other_parameters_go_to_libpq(url: str, backends: Callable[..., PostgresBackend]) -> None:
     backend = backends(f"{url}&application_name=fq%20test&options=-c%20work_mem%3D7MB")
     backend.size()
@@ -132,6 +150,43 @@ def test_an_unreachable_server_raises_backend_error_naming_the_url_without_passw
     assert not isinstance(raised.value, psycopg.Error)
     with pytest.raises(BackendError, match=r"\*\*\*"):
         backend.dequeue(None, "w1", LEASE, 0.0)
+
+
+@pytest.fixture
+def odd_schema() -> Iterator[str]:
+    """A schema of this test's own whose name holds what SQL text, psycopg and SQLAlchemy treat specially."""
+    schema = f'fq_test_{uuid.uuid4().hex[:12]} 100% :x {{y}} "q"'
+    yield schema
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def test_a_schema_named_with_any_characters_works(
+    odd_schema: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    url = f"{POSTGRES_URL}?schema={quote(odd_schema)}&poll_interval=3600"
+    backend = backends(url)
+    assert backend.schema == odd_schema
+    with ThreadPoolExecutor(1) as pool:
+        # A dequeue that waits starts the listener, which reads the schema's table too.
+        waiting = pool.submit(backend.dequeue, ["default"], "w1", LEASE, 60.0)
+        [first, second] = backend.enqueue([record(), record(queue="other")])
+        leased = waiting.result(timeout=60.0)
+    assert leased is not None
+    assert leased.id == first
+    assert [job.id for job in backend.jobs(queue="other")] == [second]
+    assert backend.purge("other", [JobStatus.QUEUED]) == 1
+    assert backend.finish(first, "w1", JobStatus.SUCCEEDED, result="1") is not None
+    # The outbox: the same insert through a SQLAlchemy connection of the same database.
+    engine = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            [third] = backend.enqueue_in_transaction(conn, [record()])
+    finally:
+        engine.dispose()
+    third_record = backend.get(third)
+    assert third_record is not None
+    assert third_record.status is JobStatus.QUEUED
 
 
 def test_a_notify_wakes_a_dequeue_waiting_in_another_backend_at_once(

@@ -395,6 +395,15 @@ def test_a_backend_url_password_is_hidden_in_errors(tmp_path: Path) -> None:
     assert "user:***@host" in str(error.value)
 
 
+def test_a_backend_url_password_given_as_a_parameter_is_hidden_in_errors(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    with pytest.raises(ConfigurationError) as error:
+        TaskQueue(app, backend="amqp://host/vhost?user=ada&password=s3cret&sslpassword=k3y")
+    assert "s3cret" not in str(error.value)
+    assert "k3y" not in str(error.value)
+    assert "amqp://host/vhost?user=ada&password=***&sslpassword=***" in str(error.value)
+
+
 def test_set_up_twice_raises(tmp_path: Path) -> None:
     app = Flask(__name__, instance_path=str(tmp_path))
     tasks = TaskQueue(app, backend="memory://")
@@ -442,8 +451,9 @@ def test_with_several_apps_enqueue_needs_an_app_context(tmp_path: Path) -> None:
         ({"timeout": -2.5}, "timeout must be a number > 0"),
         ({"retry_backoff": -1}, "retry_backoff must be a number >= 0"),
         ({"queue": ""}, "queue must be a non-empty string"),
-        ({"priority": 1.5}, "priority must be a 64-bit integer"),
-        ({"priority": 2**63}, "priority must be a 64-bit integer"),
+        ({"priority": 1.5}, r"priority must be an integer from -2\*\*53 to 2\*\*53"),
+        ({"priority": 2**53 + 1}, "priority must be an integer"),
+        ({"priority": -(2**53) - 1}, "priority must be an integer"),
         ({"retries": 2**63}, "retries must be an integer"),
         ({"name": ""}, "task name must be a non-empty string"),
     ],

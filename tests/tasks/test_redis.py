@@ -5,7 +5,6 @@ The contract itself is checked by ``test_backend_contract.py`` (and the ``TaskQu
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import shutil
@@ -185,6 +184,16 @@ def test_enqueue_to_an_unreachable_redis_raises_backend_error_naming_it_without_
     tasks.backend(app).close()
 
 
+def test_a_password_given_as_a_parameter_is_hidden_too(open_backend: Callable[[str], RedisBackend]) -> None:
+    # redis-py takes the password in the query too; nothing listens on this port.
+    port = _closed_port()
+    backend = open_backend(f"redis://127.0.0.1:{port}/0?password=hunter%202&prefix=p")
+    assert backend.url == f"redis://127.0.0.1:{port}/0?password=***&prefix=p"
+    with pytest.raises(BackendError) as raised:
+        backend.size()
+    assert "hunter" not in str(raised.value)
+
+
 def test_every_call_on_an_unreachable_redis_raises_backend_error_promptly(
     open_backend: Callable[[str], RedisBackend],
 ) -> None:
@@ -302,6 +311,45 @@ def test_listing_purging_and_expiring_go_past_one_chunk(
     assert "mail" not in backend.counts()
     assert backend.purge(None, {JobStatus.QUEUED}) == 5
     assert backend.jobs() == []
+
+
+def test_listing_by_queue_or_status_finds_jobs_numbered_in_the_same_microsecond(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    # Two producers number their jobs by their own clocks, a batch taking one microsecond per job, so batches
+    # enqueued at the same time by two processes share sequence numbers. The same here, made certain: both
+    # backends number from one instant (a minute ahead, so that neither one's clock has passed it).
+    first, second = open_backend(url), open_backend(url)
+    first._last_seq = second._last_seq = time.time_ns() // 1000 + 60_000_000
+    pairs = CHUNK // 2 + 10
+    ids = first.enqueue([record() for _ in range(pairs)])
+    ids += second.enqueue([record() for _ in range(pairs)])
+    # One newer job above them, so that a chunk of the scan ends between the two jobs of one number.
+    ids += first.enqueue([record()])
+    assert len(set(ids)) == len(ids)
+    for status in (None, JobStatus.QUEUED):
+        listed = [r.id for r in first.jobs(status=status, queue="default", limit=len(ids) + 10)]
+        assert sorted(listed) == sorted(ids)
+        assert len(listed) == len(ids)
+
+
+def test_pages_of_finished_jobs_numbered_in_the_same_microsecond_show_each_job_once(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    # As above: two producers whose jobs share sequence numbers, here in two queues, all failed.
+    first, second = open_backend(url), open_backend(url)
+    first._last_seq = second._last_seq = time.time_ns() // 1000 + 60_000_000
+    ids = first.enqueue([record(queue="a") for _ in range(300)])
+    ids += second.enqueue([record(queue="b") for _ in range(300)])
+    for queue in ("a", "b"):
+        while batch := first.dequeue_batch({queue}, "w1", 30.0, 100):
+            for leased in batch:
+                first.finish(leased.id, "w1", JobStatus.FAILED, error="E", traceback="")
+    listed: list[str] = []
+    while page := first.jobs(status=JobStatus.FAILED, limit=7, offset=len(listed)):
+        listed += [r.id for r in page]
+    assert len(listed) == len(ids)
+    assert set(listed) == set(ids)
 
 
 # -- processes ------------------------------------------------------------------------------------------
@@ -467,13 +515,13 @@ def test_a_full_redis_refuses_changes_whole_and_can_still_be_emptied(
     admin = redis.Redis(port=private_redis.port)
     try:
         admin.config_set("maxmemory-policy", "noeviction")
-        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 100_000)
-        filled = 0
-        with contextlib.suppress(redis.ResponseError):  # "OOM command not allowed": full
-            while filled < 1000:
-                admin.set(f"filler:{filled}", "x" * 1000)
-                filled += 1
-        assert filled < 1000, "Redis did not fill up"
+        # Full by a margin: 100 KB of filler, then a limit 50 KB below what Redis uses. (A limit met exactly
+        # leaves Redis under it again as soon as it shrinks a client's buffers, which it does on its own clock.)
+        for filled in range(100):
+            admin.set(f"filler:{filled}", "x" * 1000)
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) - 50_000)
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            admin.set("one-more", "x")
         with pytest.raises(BackendError, match="Redis is full"):
             backend.enqueue([record()])
         with pytest.raises(BackendError, match="Redis is full"):

@@ -260,15 +260,24 @@ def _calls(
     return checked
 
 
-#: Priorities and retry counts are stored as 64-bit integers by the SQL backends.
+#: Retry counts are stored as 64-bit integers by the SQL backends.
 _INT64 = 2**63
+#: Priorities must also order exactly as Redis's sorted-set scores, which are doubles: integers of up to 53
+#: bits are exact there.
+_PRIORITY_LIMIT = 2**53
 
 
 def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"{name}: queue must be a non-empty string, not {queue!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -_INT64 <= priority < _INT64:
-        raise ValueError(f"{name}: priority must be a 64-bit integer (lower runs first), not {priority!r}")
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not -_PRIORITY_LIMIT <= priority <= _PRIORITY_LIMIT
+    ):
+        raise ValueError(
+            f"{name}: priority must be an integer from -2**53 to 2**53 (lower runs first), not {priority!r}"
+        )
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
         raise ValueError(
             f"{name}: retries must be an integer >= 0 (attempts after the first), not {retries!r}"

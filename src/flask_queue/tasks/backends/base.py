@@ -32,11 +32,12 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import unquote_plus
 
 from ...exceptions import ConfigurationError
 from ..job import FINISHED, JobRecord, JobStatus, Watcher
 
-__all__ = ["MAX_LOST", "Backend", "WorkerInfo"]
+__all__ = ["MAX_LOST", "Backend", "WorkerInfo", "hide_query_secrets"]
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -47,6 +48,28 @@ LOST_ERROR = (
     f"WorkerLost: the job was handed to a worker {MAX_LOST} times and each time its worker stopped renewing"
     " the lease (it died, was killed, or hung)"
 )
+
+
+#: Query parameters of a backend URL that carry a secret: libpq and redis-py both take ``password=`` there, and
+#: libpq ``sslpassword=`` (the client key's).
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def hide_query_secrets(url: str) -> tuple[str, list[str]]:
+    """The URL with the values of its ``SECRET_PARAMETERS`` replaced by ``***``, and those values (as written
+    and decoded), so that error messages can be scrubbed of them too. The rest of the URL is left as written."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, []
+    shown: list[str] = []
+    secrets: list[str] = []
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and value and unquote_plus(name) in SECRET_PARAMETERS:
+            secrets += {value, unquote_plus(value)}
+            pair = f"{name}=***"
+        shown.append(pair)
+    return f"{base}?{'&'.join(shown)}", secrets
 
 
 @dataclass

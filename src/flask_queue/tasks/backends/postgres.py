@@ -50,7 +50,7 @@ import psycopg
 from ...exceptions import BackendError, ConfigurationError
 from ..job import JobRecord, JobStatus
 from . import hide_password
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_query_secrets
 
 # The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
 from .sqlite import _COLUMNS, _key, _record
@@ -134,14 +134,17 @@ _EFFECTIVE_STATUS = (
     " WHEN status = 'queued' AND eta > %(now)s THEN 'scheduled' ELSE status END"
 )
 _PARAM = re.compile(r"%\((\w+)\)s")
+#: Stands for the schema in statements made before it is known: no schema name holds a NUL.
+_SCHEMA_MARK = "\x00schema\x00"
 
 
 class PostgresBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url = hide_password(url)
+        self.url, query_secrets = hide_query_secrets(hide_password(url))
         parts = urlsplit(url)
-        self._password = parts.password
+        #: What an error message must not show: the URL's passwords.
+        self._secrets = [secret for secret in (parts.password, *query_secrets) if secret]
         options: list[tuple[str, str]] = []
         self.schema = "public"
         self.poll_interval = POLL_INTERVAL
@@ -158,8 +161,18 @@ class PostgresBackend(Backend):
             options.append(("connect_timeout", str(CONNECT_TIMEOUT)))
         self._conninfo = urlunsplit(parts._replace(query=urlencode(options, quote_via=quote)))
         schema = '"' + self.schema.replace('"', '""') + '"'
+        #: The quoted schema in a statement without parameters, and in one with (psycopg reads a ``%`` there
+        #: as the start of a placeholder, so the name's own are doubled).
         self._schema_sql = schema
-        self._sql = _statements(schema)
+        self._schema_in_params = schema.replace("%", "%%")
+        self._sql = _statements(self._schema_in_params)
+        # The outbox's inserts for SQLAlchemy's ``text()``: named binds, and the schema's colons escaped (``text``
+        # would read one as a bind) while its ``%`` stay single (``text`` doubles them for the driver).
+        self._outbox_sql = {
+            name: _PARAM.sub(r":\1", sql).replace(_SCHEMA_MARK, schema.replace(":", "\\:"))
+            for name, sql in _statements(_SCHEMA_MARK).items()
+            if name.startswith("insert")
+        }
         # A channel name is at most 63 bytes; two long schema names that share a prefix only share wake-ups.
         self._channel = f"flask_queue.{self.schema}"[:63]
         self._instance: str | None = None
@@ -233,8 +246,8 @@ class PostgresBackend(Backend):
 
     def _error(self, exc: BaseException) -> BackendError:
         message = str(exc).strip() or type(exc).__name__
-        if self._password:
-            message = message.replace(self._password, "***")
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
         return BackendError(f"{self.url}: {message}")
 
     def _create_tables(self, conn: psycopg.Connection[Any]) -> None:
@@ -243,6 +256,7 @@ class PostgresBackend(Backend):
             if self._instance is not None:
                 return
             meta = f"{self._schema_sql}.flask_queue_meta"
+            meta_in_params = f"{self._schema_in_params}.flask_queue_meta"
             try:
                 row = None
                 if conn.execute("SELECT to_regclass(%s)", [meta]).fetchone() != (None,):
@@ -255,12 +269,14 @@ class PostgresBackend(Backend):
                         )
                         conn.execute(_TABLES.format(s=self._schema_sql))
                         conn.execute(
-                            f"INSERT INTO {meta} (instance, version) SELECT %s, %s"
-                            f" WHERE NOT EXISTS (SELECT FROM {meta})",
+                            f"INSERT INTO {meta_in_params} (instance, version) SELECT %s, %s"
+                            f" WHERE NOT EXISTS (SELECT FROM {meta_in_params})",
                             [f"{random.getrandbits(64):016x}", SCHEMA_VERSION],
                         )
                         # Tables of an older layout were brought up to this one by the statements above.
-                        conn.execute(f"UPDATE {meta} SET version = greatest(version, %s)", [SCHEMA_VERSION])
+                        conn.execute(
+                            f"UPDATE {meta_in_params} SET version = greatest(version, %s)", [SCHEMA_VERSION]
+                        )
                         row = conn.execute(f"SELECT instance, version FROM {meta}").fetchone()
             except psycopg.Error as exc:
                 raise self._error(exc) from exc
@@ -377,7 +393,7 @@ class PostgresBackend(Backend):
         # What was notified while nobody listened is lost: have the waiting dequeues look now, and learn when
         # the next scheduled job is due.
         due = conn.execute(
-            f"SELECT min(eta) FROM {self._schema_sql}.flask_queue_jobs WHERE status = 'queued'"
+            f"SELECT min(eta) FROM {self._schema_in_params}.flask_queue_jobs WHERE status = 'queued'"
             " AND lease_until IS NULL AND eta > %s",
             [time.time()],
         ).fetchone()
@@ -409,20 +425,21 @@ class PostgresBackend(Backend):
     def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
         if not records:
             return []
-        rows = self._execute(*self._insert(records)).fetchall()
+        statement, params = self._insert(records)
+        rows = self._execute(self._sql[statement], params).fetchall()
         self._announce([self._note(records)])
         return _ids(rows)
 
     def _insert(self, records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
-        """The statement that stores ``records`` and its parameters: one row is bound as values, several as
-        arrays of values (one statement whatever their number)."""
+        """The name of the statement that stores ``records``, and its parameters: one row is bound as values,
+        several as arrays of values (one statement whatever their number)."""
         notify = {"channel": self._channel, "note": self._note(records)}
         if len(records) == 1:
             r = records[0]
             values = (random.getrandbits(32), r.task, r.queue, r.payload, r.priority, r.retries, r.timeout, r.eta,
                       r.enqueued_at)  # fmt: skip
-            return self._sql["insert_one"], {**dict(zip(_INSERTED, values, strict=True)), **notify}
-        return self._sql["insert"], {
+            return "insert_one", {**dict(zip(_INSERTED, values, strict=True)), **notify}
+        return "insert", {
             "token": [random.getrandbits(32) for _ in records],
             "task": [r.task for r in records],
             "queue": [r.queue for r in records],
@@ -448,14 +465,14 @@ class PostgresBackend(Backend):
             theirs = None
             # Probed before it is read: an error would abort the caller's transaction.
             if connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": meta}).scalar():
-                theirs = connection.execute(text(f"SELECT instance FROM {meta}")).scalar()
+                theirs = connection.execute(text(f"SELECT instance FROM {meta}".replace(":", "\\:"))).scalar()
             if theirs != self._instance:
                 raise self._not_this_database(connection)
             self._same_database.add(engine)
         if not records:
             return []
-        sql, params = self._insert(records)
-        rows = connection.execute(text(_PARAM.sub(r":\1", sql)), params).all()
+        statement, params = self._insert(records)
+        rows = connection.execute(text(self._outbox_sql[statement]), params).all()
         return _ids(rows)
 
     def _not_this_database(self, connection: Any) -> ConfigurationError:
@@ -615,7 +632,7 @@ class PostgresBackend(Backend):
         chosen = sorted({JobStatus(status) for status in statuses} - {JobStatus.RUNNING})
         if not chosen:
             return 0
-        sql = f"DELETE FROM {self._schema_sql}.flask_queue_jobs WHERE ({' OR '.join(_STATUS_SQL[s] for s in chosen)})"
+        sql = f"DELETE FROM {self._schema_in_params}.flask_queue_jobs WHERE ({' OR '.join(_STATUS_SQL[s] for s in chosen)})"
         if queue is not None:
             sql += " AND queue = %(queue)s"
         return self._execute(sql, {"now": time.time(), "queue": queue}).rowcount
@@ -640,7 +657,7 @@ class PostgresBackend(Backend):
             clauses.append("queue = %(queue)s")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            f"SELECT {_COLUMNS} FROM {self._schema_sql}.flask_queue_jobs{where}"
+            f"SELECT {_COLUMNS} FROM {self._schema_in_params}.flask_queue_jobs{where}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s"
         )
         params = {"now": now, "queue": queue, "limit": limit, "offset": offset}
@@ -667,17 +684,21 @@ class PostgresBackend(Backend):
 
 
 def _statements(s: str) -> dict[str, str]:
-    """The statements of a backend whose tables live in schema ``s`` (quoted), by name."""
+    """The statements of a backend whose tables live in schema ``s`` (quoted, its ``%`` doubled), by name."""
     jobs = f"{s}.flask_queue_jobs"
     notify = "pg_notify(%(channel)s, %(note)s)"
-    take = (
-        f"WITH picked AS (SELECT seq FROM {jobs} WHERE status = 'queued' AND eta <= %(now)s AND (lease_until IS"
-        f" NULL OR (lease_until < %(now)s AND lost < {MAX_LOST - 1})){{queues}} ORDER BY priority, seq"
-        " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-        f" UPDATE {jobs} j SET attempts = j.attempts + 1, started_at = %(now)s, lease_until = %(until)s,"
-        " worker = %(worker)s, lost = j.lost + (j.lease_until IS NOT NULL)::int FROM picked"
-        f" WHERE j.seq = picked.seq RETURNING {_RETURN_J}"
-    )
+
+    def take(queues: str) -> str:
+        # A function, not str.format: the schema's name may hold braces.
+        return (
+            f"WITH picked AS (SELECT seq FROM {jobs} WHERE status = 'queued' AND eta <= %(now)s AND (lease_until"
+            f" IS NULL OR (lease_until < %(now)s AND lost < {MAX_LOST - 1})){queues} ORDER BY priority, seq"
+            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {jobs} j SET attempts = j.attempts + 1, started_at = %(now)s, lease_until = %(until)s,"
+            " worker = %(worker)s, lost = j.lost + (j.lease_until IS NOT NULL)::int FROM picked"
+            f" WHERE j.seq = picked.seq RETURNING {_RETURN_J}"
+        )
+
     return {
         "insert": (
             f"INSERT INTO {jobs} (token, task, queue, payload, priority, status, attempts, retries, timeout,"
@@ -693,8 +714,8 @@ def _statements(s: str) -> dict[str, str]:
             " eta, enqueued_at) VALUES (%(token)s, %(task)s, %(queue)s, %(payload)s, %(priority)s, 'queued', 0,"
             f" %(retries)s, %(timeout)s, %(eta)s, %(enqueued_at)s) RETURNING seq, token, {notify}"
         ),
-        "take": take.format(queues=""),
-        "take_queues": take.format(queues=" AND queue = ANY(%(queues)s)"),
+        "take": take(""),
+        "take_queues": take(" AND queue = ANY(%(queues)s)"),
         "recover": (
             f"UPDATE {jobs} SET status = 'failed', error = %(error)s, traceback = '', finished_at = %(now)s,"
             " lost = lost + 1, lease_until = NULL WHERE status = 'queued' AND lease_until < %(now)s"

@@ -82,7 +82,7 @@ from redis.retry import Retry
 from ...exceptions import BackendError, ConfigurationError
 from ..job import FINISHED, JobRecord, JobStatus
 from . import hide_password
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_query_secrets
 
 __all__ = ["RedisBackend"]
 
@@ -472,14 +472,17 @@ return out
     flags="no-writes",
 )
 
-# ARGV: prefix, now, below (a score bound for ZREVRANGEBYSCORE), queue or '', status or ''. Looks at up to
-# CHUNK jobs of P:jobs below ``below``, newest first; returns {the records that match, the last score seen
-# (nil at the end)}. A cursor by score, unlike one by rank, is not shifted by jobs enqueued meanwhile.
+# ARGV: prefix, now, below (a score: '+inf' at first), seen (jobs of score ``below`` looked at already), queue
+# or '', status or ''. Looks at up to CHUNK jobs of P:jobs from ``below`` down, newest first, past the ``seen``
+# first ones; returns {the records that match, the last score looked at, how many of that score were looked
+# at} (only {the records} at the end). A cursor by score, unlike one by rank, is not shifted by jobs enqueued
+# meanwhile. Producers that number jobs in the same microsecond give them one score, so a chunk may end
+# between jobs of one score: the count is how the next chunk starts after those seen, never skipping the rest.
 _SCAN = _lua(
     _RECORD,
     """
-local now, queue, status = tonumber(ARGV[2]), ARGV[4], ARGV[5]
-local ids = redis.call('ZREVRANGEBYSCORE', P .. ':jobs', ARGV[3], '-inf', 'WITHSCORES', 'LIMIT', 0, CHUNK)
+local now, queue, status = tonumber(ARGV[2]), ARGV[5], ARGV[6]
+local ids = redis.call('ZREVRANGEBYSCORE', P .. ':jobs', ARGV[3], '-inf', 'WITHSCORES', 'LIMIT', ARGV[4], CHUNK)
 local out = {}
 for i = 1, #ids, 2 do
   local r = record(ids[i])
@@ -488,13 +491,21 @@ for i = 1, #ids, 2 do
   if r[1] and (queue == '' or r[2] == queue) and (status == '' or st == status) then out[#out + 1] = r end
 end
 if #ids < 2 * CHUNK then return {out} end
-return {out, ids[#ids]}
+local last, seen = ids[#ids], 0
+for i = #ids, 2, -2 do
+  if ids[i] ~= last then break end
+  seen = seen + 1
+end
+if last == ARGV[3] then seen = seen + tonumber(ARGV[4]) end
+return {out, last, seen}
 """,
     flags="no-writes",
 )
 
 # ARGV: prefix, status (a finished one), offset, limit, every queue (1/0), queue names. Returns the records
-# of that status, newest first, from the per-queue indexes merged.
+# of that status, newest first, from the per-queue indexes merged. Jobs of one sequence number (producers that
+# numbered them in the same microsecond) are ordered by id, as within one index: a sort that left them in any
+# order would put one job on two pages and another on none.
 _FINISHED = _lua(
     _RECORD,
     """
@@ -506,7 +517,7 @@ for _, queue in ipairs(queues) do
   local ids = redis.call('ZREVRANGE', key(status, queue), 0, offset + limit - 1, 'WITHSCORES')
   for i = 1, #ids, 2 do all[#all + 1] = {tonumber(ids[i + 1]), ids[i]} end
 end
-table.sort(all, function(a, b) return a[1] > b[1] end)
+table.sort(all, function(a, b) if a[1] ~= b[1] then return a[1] > b[1] end return a[2] > b[2] end)
 local out = {}
 for i = offset + 1, math.min(offset + limit, #all) do
   local r = record(all[i][2])
@@ -628,7 +639,7 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url = hide_password(url)
+        self.url, query_secrets = hide_query_secrets(hide_password(url))
         try:
             parts = urlsplit(url)
             options = parse_qsl(parts.query, keep_blank_values=True)
@@ -641,7 +652,8 @@ class RedisBackend(Backend):
             raise ConfigurationError(
                 f"TASK_QUEUE_BACKEND={self.url!r}: prefix is empty; give the keys a name (?prefix=myapp)"
             )
-        self._password = parts.password
+        #: What an error message must not show: the URL's passwords.
+        self._secrets = [secret for secret in (parts.password, *query_secrets) if secret]
         self._redis_url = urlunsplit(
             parts._replace(query=urlencode([(name, value) for name, value in options if name != "prefix"]))
         )
@@ -677,8 +689,8 @@ class RedisBackend(Backend):
 
     def _error(self, exc: RedisError) -> BackendError:
         message = str(exc)
-        if self._password:
-            message = message.replace(self._password, "***")
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
         if isinstance(exc, RedisConnectionError | RedisTimeoutError):
             return BackendError(
                 f"Redis at {self.url} is unreachable: {message} (is it running, and is TASK_QUEUE_BACKEND"
@@ -1037,10 +1049,11 @@ class RedisBackend(Backend):
         wanted = "" if status is None else JobStatus(status).value
         found: list[JobRecord] = []
         below: str | None = "+inf"
+        seen = 0
         while below is not None and len(found) < offset + limit:
-            reply = self._eval(_SCAN, [self.prefix, time.time(), below, queue or "", wanted])
+            reply = self._eval(_SCAN, [self.prefix, time.time(), below, seen, queue or "", wanted])
             found += (_record(values) for values in reply[0])
-            below = f"({reply[1]}" if len(reply) > 1 else None
+            below, seen = (reply[1], int(reply[2])) if len(reply) > 1 else (None, 0)
         return found[offset : offset + limit]
 
     @_reporting
