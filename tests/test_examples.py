@@ -16,18 +16,15 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from flask import Flask
-from waitress import wasyncore
-from waitress.server import BaseWSGIServer, create_server
 
 from examples.demo import SELF_URL_KEY, WORK_BATCH, bursts_of, classify, create_app
 from flask_queue import signals
-from tests.servers._live import wait_for
+from tests.servers._live import wait_for, waitress_in_thread
 
 TIMEOUT = 10.0
 
@@ -381,30 +378,11 @@ def test_a_burst_must_be_posted_as_json(make_app: MakeApp) -> None:
         assert response.get_json() == {"bursts": []}
 
 
-@contextmanager
-def live_server(app: Flask) -> Iterator[str]:
-    """Serve ``app`` with waitress on a free loopback port in a thread; stop it and all its threads after."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    assert isinstance(server, BaseWSGIServer)
-    thread = threading.Thread(target=server.run, name="waitress loop")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        # waitress has no public stop: close every socket from its own loop thread, which then returns.
-        # (trigger and _map are internals that waitress's type stubs get wrong or leave out.)
-        internals = cast(Any, server)
-        internals.trigger.pull_trigger(lambda: wasyncore.close_all(internals._map))
-        thread.join(TIMEOUT)
-        server.task_dispatcher.shutdown()
-        assert not thread.is_alive()
-
-
 def test_a_burst_through_a_live_server_tallies_200s_and_503s(gate: Gate, make_app: MakeApp) -> None:
     app = make_app(concurrency=1, max_queue_size=1, work=gate)
     queued, rejected = Tally(), Tally()
     with (
-        live_server(app) as url,
+        waitress_in_thread(app, wait=TIMEOUT) as url,
         signals.request_queued.connected_to(queued, sender=app),
         signals.request_rejected.connected_to(rejected, sender=app),
     ):

@@ -14,16 +14,13 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from flask import Flask
-from waitress import wasyncore
-from waitress.server import BaseWSGIServer, create_server
 
 from examples.demo import WORK_BATCH, create_app
+from tests.servers._live import waitress_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -93,24 +90,6 @@ def browser(chromium: None, tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    """Serve ``app`` with waitress on a free loopback port; stop it and its threads afterwards."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=8)
-    assert isinstance(server, BaseWSGIServer)
-    thread = threading.Thread(target=server.run, name="waitress loop")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    finally:
-        # waitress has no public stop: close its sockets from its own loop thread, which then returns.
-        internals = cast(Any, server)
-        internals.trigger.pull_trigger(lambda: wasyncore.close_all(internals._map))
-        thread.join(WAIT)
-        server.task_dispatcher.shutdown()
-        assert not thread.is_alive()
-
-
 def text_of(browser: Any, element_id: str) -> str:
     from selenium.webdriver.common.by import By
 
@@ -143,7 +122,7 @@ def test_add_work_rises_then_burns_down_to_zero(browser: Any, tmp_path: Path) ->
     app = create_app(task_backend=f"sqlite:///{tmp_path / 'jobs.sqlite3'}", task_workers=1, task_work=hold)
     tasks = app.extensions["flask-queue.tasks"].extension
     try:
-        with serve(app) as url:
+        with waitress_in_thread(app, wait=WAIT) as url:
             browser.get(url + "/")
             wait_until(browser, "the page's first update", lambda b: text_of(b, "tasks-queued") == "0")
             seen = []
@@ -192,7 +171,7 @@ def test_retry_from_the_dashboard(browser: Any, tmp_path: Path) -> None:
         with app.test_client().post("/api/work", json={"fail": True}) as response:
             (job_id,) = response.get_json()["jobs"]
         assert tasks.drain(app) == 1
-        with serve(app) as url:
+        with waitress_in_thread(app, wait=WAIT) as url:
             browser.get(url + "/queue/")
             # After its first update the page redraws a table only when its jobs change.
             wait_until(

@@ -15,12 +15,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import requests
 
@@ -41,6 +42,29 @@ _BIND_ATTEMPTS = 5
 
 T = TypeVar("T")
 Stats = dict[str, Any]
+
+
+@contextlib.contextmanager
+def waitress_in_thread(app: Callable[..., Any], *, threads: int = 8, wait: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` with waitress on a free loopback port in a thread of this process; yield its base URL;
+    stop it and all its threads afterwards."""
+    from waitress import wasyncore
+    from waitress.server import BaseWSGIServer, create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    assert isinstance(server, BaseWSGIServer)
+    thread = threading.Thread(target=server.run, name="waitress loop")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        # waitress has no public stop: close every socket from its own loop thread, which then returns.
+        # (trigger and _map are internals that waitress's type stubs get wrong or leave out.)
+        internals = cast(Any, server)
+        internals.trigger.pull_trigger(lambda: wasyncore.close_all(internals._map))
+        thread.join(wait)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive()
 
 
 def free_port() -> int:
