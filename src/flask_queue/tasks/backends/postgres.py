@@ -49,7 +49,7 @@ import psycopg
 
 from ...exceptions import BackendError, ConfigurationError
 from ..job import JobRecord, JobStatus
-from . import hide_password
+from . import hide_password, sqlite
 from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_query_secrets
 
 # The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
@@ -116,23 +116,19 @@ CREATE TABLE IF NOT EXISTS {s}.flask_queue_meta (
 # ``fillfactor = 80`` leaves room in each page, so that taking and renewing a job (which change no indexed
 # column) are HOT updates: a new row version on the same page, no new index entries.
 
-_LEASED = "(lease_until IS NOT NULL AND lease_until >= %(now)s)"
-_UNLEASED = "(lease_until IS NULL OR lease_until < %(now)s)"
+
+def _pyformat(sql: str) -> str:
+    """A SQLite fragment (``:name`` parameters) in psycopg's parameter style (``%(name)s``)."""
+    return re.sub(r":(\w+)", r"%(\1)s", sql)
+
+
+# The statuses are the SQLite backend's, the same columns read the same way; only the parameter style differs.
 # ``worker`` holds its job until another worker takes it over, even past the lapse of its lease.
-_HELD = "status = 'queued' AND worker = %(worker)s AND lease_until IS NOT NULL"
+_HELD = _pyformat(sqlite._HELD)
+_UNLEASED = _pyformat(sqlite._UNLEASED)
 _KEY = "seq = %(seq)s AND token = %(token)s"
-_STATUS_SQL = {
-    JobStatus.QUEUED: f"(status = 'queued' AND eta <= %(now)s AND {_UNLEASED})",
-    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > %(now)s AND {_UNLEASED})",
-    JobStatus.RUNNING: f"(status = 'queued' AND {_LEASED})",
-    JobStatus.SUCCEEDED: "status = 'succeeded'",
-    JobStatus.FAILED: "status = 'failed'",
-    JobStatus.CANCELLED: "status = 'cancelled'",
-}
-_EFFECTIVE_STATUS = (
-    f"CASE WHEN status = 'queued' AND {_LEASED} THEN 'running'"
-    " WHEN status = 'queued' AND eta > %(now)s THEN 'scheduled' ELSE status END"
-)
+_STATUS_SQL = {status: _pyformat(sql) for status, sql in sqlite._STATUS_SQL.items()}
+_EFFECTIVE_STATUS = _pyformat(sqlite._EFFECTIVE_STATUS)
 _PARAM = re.compile(r"%\((\w+)\)s")
 #: Stands for the schema in statements made before it is known: no schema name holds a NUL.
 _SCHEMA_MARK = "\x00schema\x00"
