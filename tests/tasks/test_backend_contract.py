@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,9 @@ from flask_queue import BackendError, JobCancelled, JobStatus, TaskFailed
 from flask_queue.tasks.backends.base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
 from flask_queue.tasks.job import JobRecord
+from tests.tasks._records import record
 
 LEASE = 30.0
-
-
-def record(**fields: Any) -> JobRecord:
-    fields.setdefault("id", uuid.uuid4().hex)
-    fields.setdefault("task", "tests.noop")
-    fields.setdefault("queue", "default")
-    fields.setdefault("payload", '{"args":[],"kwargs":{}}')
-    now = time.time()
-    fields.setdefault("eta", now)
-    fields.setdefault("enqueued_at", now)
-    return JobRecord(**fields)
 
 
 def put(backend: Backend, **fields: Any) -> JobRecord:

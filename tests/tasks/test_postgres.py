@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote
 
 import psycopg
@@ -25,19 +25,12 @@ from sqlalchemy import create_engine
 from flask_queue import BackendError, JobStatus
 from flask_queue.tasks.backends import backend_from_url
 from flask_queue.tasks.backends.postgres import PostgresBackend
-from flask_queue.tasks.job import JobRecord
 from tests._services import POSTGRES_URL, postgres_namespace
 from tests.servers._live import free_port
+from tests.tasks._records import record
 
 T = TypeVar("T")
 LEASE = 30.0
-
-
-def record(**fields: Any) -> JobRecord:
-    now = time.time()
-    fields.setdefault("eta", now)
-    fields.setdefault("queue", "default")
-    return JobRecord(id="", task="tests.noop", payload="{}", enqueued_at=now, **fields)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import pytest
@@ -27,19 +26,12 @@ from flask import Flask
 from flask_queue import BackendError, ConfigurationError, JobStatus, TaskQueue
 from flask_queue.tasks.backends import backend_from_url
 from flask_queue.tasks.backends.redis import CHUNK, LAYOUT, RedisBackend
-from flask_queue.tasks.job import JobRecord
 from tests._services import REDIS_URL, redis_namespace, require_redis
 from tests.servers._live import free_port
+from tests.tasks._records import record
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0
-
-
-def record(**fields: Any) -> JobRecord:
-    now = time.time()
-    fields.setdefault("eta", now)
-    fields.setdefault("queue", "default")
-    return JobRecord(id="", task="tests.noop", payload="{}", enqueued_at=now, **fields)
 
 
 @pytest.fixture
