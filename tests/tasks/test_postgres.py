@@ -253,6 +253,35 @@ def test_connections_dropped_by_the_server_are_made_again(
     assert backend.dequeue(None, "w1", LEASE, 0.0) is not None
 
 
+def test_a_connection_made_while_the_backend_closes_is_closed_too(
+    url: str, backends: Callable[..., PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread that was connecting when close() ran kept its new connection open for good (a ResourceWarning
+    # when the garbage collector found it, in whichever test ran then).
+    backend = backends(url)
+    backend.size()  # the tables exist: the next thread's connection is only connected
+    connecting, closed = threading.Event(), threading.Event()
+    made: list[psycopg.Connection[object]] = []
+    connect = backend._connect
+
+    def slow_connect() -> psycopg.Connection[object]:
+        conn = connect()
+        made.append(conn)
+        connecting.set()
+        closed.wait(10)
+        return conn
+
+    monkeypatch.setattr(backend, "_connect", slow_connect)
+    with ThreadPoolExecutor(1) as pool:
+        size = pool.submit(backend.size)
+        assert connecting.wait(10)
+        backend.close()
+        closed.set()
+        with pytest.raises(BackendError, match="is closed"):
+            size.result(10)
+    assert [conn.closed for conn in made] == [True]
+
+
 def test_a_forked_child_uses_its_own_connections(url: str, backends: Callable[..., PostgresBackend]) -> None:
     backend = backends(url)
     backend.enqueue([record()])

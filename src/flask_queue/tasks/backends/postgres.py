@@ -202,8 +202,7 @@ class PostgresBackend(Backend):
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is not None and not conn.closed:
             return conn
-        if self._closed:
-            raise BackendError(f"{self.url} is closed")
+        self._check_open()
         conn = self._connect()
         try:
             if self._instance is None:
@@ -211,8 +210,13 @@ class PostgresBackend(Backend):
         except BaseException:
             conn.close()
             raise
-        self._local.conn = conn
         with self._connections_lock:
+            try:
+                self._check_open()  # again: closed while this thread connected, close did not see this one
+            except BackendError:
+                self._discard(conn)
+                raise
+            self._local.conn = conn
             # Threads that ended since leave their connection behind: close it now rather than let it linger.
             for thread, old in list(self._connections.items()):
                 if not thread.is_alive():
@@ -221,6 +225,10 @@ class PostgresBackend(Backend):
             self._connections[threading.current_thread()] = conn
             self._own_pids.add(conn.info.backend_pid)
         return conn
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.url} is closed")
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
