@@ -164,23 +164,44 @@ class _Done:
 class _Park:
     """One park of a request on one Future; see ``WSGIPlusWorker._claim``.
 
-    It is its future's done-callback itself, rather than a closure made for each park.
+    It is its future's done-callback itself, rather than a closure made for each park. Once over, it holds
+    neither (``release``): it may stay queued a while (see ``WSGIPlusWorker._expire_parked``).
     """
 
-    __slots__ = ("deadline", "future", "request", "worker")
+    __slots__ = ("_future", "_request", "deadline", "worker")
 
     def __init__(
         self, worker: WSGIPlusWorker, request: _Request, future: Future[Any], deadline: float
     ) -> None:
         self.worker = worker
-        self.request = request
-        self.future = future
+        self._request: _Request | None = request
+        self._future: Future[Any] | None = future
         self.deadline = deadline
 
     def __call__(self, future: Future[Any]) -> None:
         worker = self.worker
         if worker._claim(self):
             worker._submit(self, worker._resume, *outcome(future))
+
+    @property
+    def request(self) -> _Request:
+        request = self._request
+        assert request is not None, "the park is over"
+        return request
+
+    @property
+    def future(self) -> Future[Any]:
+        future = self._future
+        assert future is not None, "the park is over"
+        return future
+
+    @property
+    def over(self) -> bool:
+        return self._request is None
+
+    def release(self) -> None:
+        """Let go of the request and the future: the park is over (main thread)."""
+        self._request = self._future = None
 
 
 class _Pool:
@@ -225,10 +246,14 @@ class _Pool:
         get = self._calls.get
         while (call := get()) is not None:
             fn, args = call
+            del call
             try:
                 fn(*args)
             except BaseException:
                 self._log.exception("Error in a request thread")
+            # An idle thread keeps nothing of its last call: a resumed step's value or error (whose traceback
+            # reaches the request's frames) would stay in memory for as long as the thread waits.
+            del fn, args
 
 
 class _MethodQueue(gthread.PollableMethodQueue):  # type: ignore[misc]
@@ -239,9 +264,12 @@ class _MethodQueue(gthread.PollableMethodQueue):  # type: ignore[misc]
     after that flag was cleared either is drained now or has written a byte of its own.
     """
 
+    _read_closed = True  # until init opens the pipe
+
     def init(self) -> None:
         super().init()
         self._signalled = False
+        self._read_closed = False
 
     def defer(self, callback: Callable[..., object], *args: Any) -> None:
         self._queue.put((callback, args))
@@ -249,6 +277,16 @@ class _MethodQueue(gthread.PollableMethodQueue):  # type: ignore[misc]
             self._signalled = True
             with contextlib.suppress(OSError):  # the pipe is full: a byte is there already
                 os.write(self._write_fd, b"\0")
+
+    def close(self) -> None:
+        # The read end only. Request threads may still finish a step and defer its end after the main loop
+        # closed this queue (the worker is exiting): with the write end closed, its descriptor number could
+        # be a new file's by then, and the wake-up byte would land there. An open write end with no reader
+        # fails the write instead (EPIPE, ignored), and goes with the process.
+        if not self._read_closed:
+            self._read_closed = True
+            with contextlib.suppress(OSError):
+                os.close(self._read_fd)
 
     def run_callbacks(self, _fileobj: object) -> None:
         with contextlib.suppress(OSError):
@@ -659,6 +697,8 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
         self._unwatch(park)
         if not isinstance(result, _Park):  # parked again (streaming with waits): _watch_due watches it
             self.finish_request(park.request.conn, _Done(result))
+        # The park may stay queued in _deadlines behind a longer one: let it hold nothing of the request.
+        park.release()
 
     def _watch_due(self) -> None:
         """Watch the sockets of requests parked for ``WATCH_AFTER`` seconds (main thread).
@@ -681,12 +721,16 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
                 park.request.watched = True
 
     def _unwatch(self, park: _Park) -> None:
-        if park.request.watched:
+        if not park.over and park.request.watched:
             park.request.watched = False
             with contextlib.suppress(OSError, ValueError, KeyError):
                 self.poller.unregister(park.request.conn.sock)
 
     def _on_readable(self, park: _Park, sock: socket.socket) -> None:
+        if park.over:
+            # Over already: its step finished earlier in this turn of the loop, in the same batch of events
+            # (a client that hangs up as soon as it has its response), and unregistered the socket then.
+            return
         try:
             gone = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, InterruptedError):
@@ -705,13 +749,20 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     def _expire_parked(self) -> None:
         now = time.monotonic()
-        deadlines = self._deadlines
-        while deadlines and deadlines[0].deadline <= now:
+        deadlines, parked = self._deadlines, self._parked
+        # Every park has the same timeout, so the queue is in deadline order; parks resumed meanwhile leave
+        # it here, from its head, rather than staying for the whole suspend timeout (a minute of requests).
+        while deadlines and (deadlines[0] not in parked or deadlines[0].deadline <= now):
             park = deadlines.popleft()
-            if self._claim(park):
+            if park.deadline <= now and self._claim(park):
                 self._unwatch(park)
                 park.future.cancel()
                 self._submit(park, self._expire)
+        if len(deadlines) > 2 * len(parked) + 64:
+            # Ended parks queued behind one still parked (a long poll): drop them now and then, keeping the
+            # order (amortised O(1) a park). Pool threads only append at the right, so the first n are ours.
+            queued = [deadlines.popleft() for _ in range(len(deadlines))]
+            deadlines.extendleft(reversed([park for park in queued if park in parked]))
 
     def murder_pending(self) -> None:
         # Runs on every turn of gthread's main loop, and of its graceful-shutdown loop: the place for deadlines.

@@ -95,7 +95,9 @@ class _Runtime:
         with self.lock:
             self._forget_if_forked()
             if self.starter is None:
-                loop = asyncio.new_event_loop()
+                # In an empty context: the loop keeps the context it is made in for its whole life (in the
+                # handle that reads its self-pipe), and the first caller's is often a request's.
+                loop = contextvars.Context().run(asyncio.new_event_loop)
                 started = threading.Event()
                 # Not a daemon: at exit the loop is stopped and joined (see shutdown), so a coroutine is never
                 # cut off mid-way by the interpreter tearing down under it.
@@ -280,9 +282,11 @@ def _call_later(seconds: float, callback: Callable[[], object]) -> Callable[[], 
         nonlocal cancelled
         cancelled = True
         with contextlib.suppress(RuntimeError):  # the loop has stopped: nothing left to cancel
-            loop.call_soon_threadsafe(cancel_handles)
+            loop.call_soon_threadsafe(cancel_handles, context=contextvars.Context())
 
-    loop.call_soon_threadsafe(schedule)
+    # In an empty context: the timer needs none of the caller's, and a cancelled handle keeps its context
+    # (asyncio clears only its callback) until it would have been due, when a timer due sooner is ahead of it.
+    loop.call_soon_threadsafe(schedule, context=contextvars.Context())
     return cancel
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,10 +84,14 @@ def log_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def fetch_concurrently(port: int, paths: list[str], timeout: float = 60.0) -> list[tuple[int, bytes]]:
+def fetch_concurrently(
+    port: int, paths: list[str], timeout: float = 60.0, *, hang_up: bool = False
+) -> list[tuple[int, bytes]]:
     """GET every path at once, each on a connection of its own; ``(status, body)`` per path, in order.
 
     Plain asyncio sockets: hundreds of requests in flight from one thread, and nothing left running after.
+    Each client reads until the server closes, or with ``hang_up`` closes as soon as it has the body its
+    ``Content-Length`` announced (as HTTP clients do), before the server does.
     """
 
     async def one(path: str) -> tuple[int, bytes]:
@@ -94,7 +99,13 @@ def fetch_concurrently(port: int, paths: list[str], timeout: float = 60.0) -> li
         try:
             writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
             await writer.drain()
-            data = await reader.read()
+            if hang_up:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                assert length is not None, head
+                data = head + await reader.readexactly(int(length.group(1)))
+            else:
+                data = await reader.read()
         finally:
             writer.close()
         head, _, body = data.partition(b"\r\n\r\n")

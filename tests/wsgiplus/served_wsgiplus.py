@@ -8,8 +8,11 @@ with a request (``/gate/<name>/open``), and whose fate it can read (``/gate/<nam
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import CancelledError, Future
 from typing import Any
@@ -24,6 +27,13 @@ _gates: dict[str, Future[Any]] = {}
 _gates_lock = threading.Lock()
 _events: list[str] = []
 _sleeping = 0
+
+
+class _Token:
+    """Put in a request's environ: alive as long as something of the served request is kept."""
+
+
+_tokens: weakref.WeakSet[_Token] = weakref.WeakSet()
 
 
 def gate(name: str) -> Future[Any]:
@@ -343,6 +353,31 @@ def sleep_view() -> Generator[Future[Any], Any, Any]:
         with _gates_lock:
             _sleeping -= 1
     return {"slept": True}
+
+
+@app.get("/flask/tracked")
+@queue.exempt
+@suspendable
+def tracked_view() -> Generator[Future[Any], Any, Any]:
+    token = request.environ["tests.token"] = _Token()
+    _tokens.add(token)
+    del token
+    yield later(0.05)
+    return "tracked"
+
+
+@app.get("/kept")
+@queue.exempt
+def kept() -> Any:
+    """How many tracked requests are still in memory after a collection, and how many parks the worker's
+    queues (deques) still hold. (A gate's future keeps its park among its callbacks: that is the app's.)
+    """
+    from flask_queue.gunicorn import _Park
+
+    gc.collect()
+    parks = [thing for thing in gc.get_objects() if type(thing) is _Park]
+    queued = sum(1 for park in parks if any(type(holder) is deque for holder in gc.get_referrers(park)))
+    return {"requests": len(_tokens), "parks": queued}
 
 
 @app.get("/flask/async")

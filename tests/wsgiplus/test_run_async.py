@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import threading
+import weakref
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 
 import pytest
@@ -25,6 +27,13 @@ _tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="unset
 async def _double(value: int) -> int:
     await asyncio.sleep(0)
     return 2 * value
+
+
+class _Held:
+    """Something a caller's context holds (a request, say)."""
+
+
+_held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar("held", default=None)
 
 
 def test_the_coroutine_sees_the_caller_s_context_and_changes_only_its_own_copy() -> None:
@@ -108,3 +117,17 @@ def test_after_shutdown_the_next_call_starts_a_new_loop() -> None:
     assert run_async(_double(1)).result(WAIT) == 2
     wsgiplus.shutdown()
     assert run_async(_double(2)).result(WAIT) == 4
+
+
+def test_the_caller_s_context_is_not_kept_once_its_coroutine_is_done() -> None:
+    # The first call starts the event loop: the loop was made in the caller's context and kept it for
+    # good, a whole request of a web process (its environ, its Flask request) for the process's life.
+    def call() -> weakref.ref[_Held]:
+        held = _Held()
+        _held.set(held)
+        assert run_async(_double(21)).result(WAIT) == 42
+        return weakref.ref(held)
+
+    reference = contextvars.Context().run(call)
+    gc.collect()
+    assert reference() is None

@@ -115,6 +115,54 @@ def test_200_parked_requests_on_2_threads_finish_in_about_one_park(live: Client)
     assert elapsed < serial / 5, f"200 parks of {park} s took {elapsed:.1f} s (serial: {serial:.0f} s)"
 
 
+def test_a_park_that_ended_is_forgotten_at_once_not_kept_for_the_suspend_timeout(live: Client) -> None:
+    # Kept for the suspend timeout (a minute by default), the parks of a busy worker held tens of thousands
+    # of requests: memory, and full garbage collections of half a second that stalled every request.
+    results = fetch_concurrently(live.server.port, ["/flask/tracked"] * 40)
+    assert [status for status, _ in results] == [200] * 40
+    kept = wait_for(
+        "the ended parks to be forgotten",
+        lambda: live.get("/kept").json(),
+        lambda kept: kept == {"requests": 0, "parks": 0},
+        timeout=SUSPEND_TIMEOUT / 2,
+    )
+    assert kept == {"requests": 0, "parks": 0}
+
+
+def test_a_long_park_keeps_nothing_of_the_requests_parked_after_it(live: Client) -> None:
+    # Behind a park still waiting (a long poll), the ended ones cannot leave the deadline queue from its
+    # head: they hold nothing of their requests, and are dropped from the queue now and then.
+    pending = _send_raw(live, "/raw/gate/long-park")
+    try:
+        _wait_gate(live, "long-park")
+        results = fetch_concurrently(live.server.port, ["/flask/tracked"] * 200)
+        assert [status for status, _ in results] == [200] * 200
+        wait_for(
+            "the requests parked after the long one to be freed",
+            lambda: live.get("/kept").json(),
+            lambda kept: kept["requests"] == 0 and kept["parks"] < 100,
+            timeout=SUSPEND_TIMEOUT / 2,
+        )
+        live.post("/gate/long-park/open")
+        assert _read_raw(pending).startswith(b"HTTP/1.1 200")
+    finally:
+        pending.close()
+
+
+def test_clients_that_hang_up_as_soon_as_answered_after_a_long_park_leave_the_worker_serving(
+    live: Client,
+) -> None:
+    # Parked past WATCH_AFTER, each socket is watched for a client that leaves. A client that closes as soon
+    # as it has its response makes the socket readable in the same turn of the main loop that ends the park:
+    # that event, read after the park was over, crashed the worker (and dropped every other parked request).
+    pid = live.get("/health").json()["pid"]
+    results = fetch_concurrently(live.server.port, ["/flask/sleep?s=0.7"] * 100, hang_up=True)
+    assert [status for status, _ in results] == [200] * 100
+    time.sleep(0.5)  # the main loop's turns after the hang-ups
+    assert live.get("/health").json()["pid"] == pid
+    assert "Exception in worker process" not in live.log()
+
+
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
