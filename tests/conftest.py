@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +18,14 @@ def _no_leaked_threads() -> Iterator[None]:
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     for thread in leaked:
         thread.join(timeout=5.0)
-    still = [t.name for t in leaked if t.is_alive()]
-    assert not still, f"threads left running: {still}"
+    still = [t for t in leaked if t.is_alive()]
+    frames = sys._current_frames()
+    where = "".join(
+        f"\n--- {t.name} ---\n" + "".join(traceback.format_stack(frames[t.ident]))
+        for t in still
+        if t.ident in frames
+    )
+    assert not still, f"threads left running: {[t.name for t in still]}, where they are:{where}"
 
 
 @pytest.fixture

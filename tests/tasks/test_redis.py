@@ -533,3 +533,48 @@ def test_a_full_redis_refuses_changes_whole_and_can_still_be_emptied(
         assert backend.size() == 1
     finally:
         admin.close()
+
+
+def test_close_leaves_a_command_in_flight_its_reply_and_refuses_later_calls(
+    private_redis: PrivateRedis, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    # A worker that stop() gave up on keeps running its job and records it later, maybe while the backend
+    # closes: the connection it is reading must not be torn down under it (redis-py's are not thread-safe).
+    name = f"fq-inflight-{uuid.uuid4().hex[:8]}"
+    backend = open_backend(f"{private_redis.url}?prefix=inflight&client_name={name}")
+    backend.enqueue(
+        [record()]
+    )  # the key layout is checked and the script loaded: the next enqueue is one command
+    admin = redis.Redis(port=private_redis.port, decode_responses=True)
+    outcome: list[object] = []
+
+    def enqueue() -> None:
+        try:
+            outcome.append(backend.enqueue([record()]))
+        except Exception as exc:
+            outcome.append(exc)
+
+    def held() -> bool:
+        return any(c.get("name") == name and "b" in c["flags"] for c in admin.client_list())
+
+    thread = threading.Thread(target=enqueue)
+    try:
+        admin.execute_command("CLIENT", "PAUSE", int(WAIT * 1000), "WRITE")  # the enqueue waits in Redis
+        thread.start()
+        _wait_until(held, "the enqueue is sent and held by Redis")
+        backend.close()
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        thread.join(WAIT)
+    try:
+        [ids] = outcome
+        assert isinstance(ids, list), ids
+        assert len(ids) == 1
+        assert admin.hget(f"inflight:job:{ids[0]}", "status") == "queued"
+        _wait_until(
+            lambda: not any(c.get("name") == name for c in admin.client_list()), "no connection is left"
+        )
+    finally:
+        admin.close()
+    with pytest.raises(BackendError, match="closed"):
+        backend.size()

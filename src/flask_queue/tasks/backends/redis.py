@@ -607,12 +607,14 @@ class _Link:
     thread per request would pile up connections.
     """
 
-    __slots__ = ("__weakref__", "conn", "used")
+    __slots__ = ("__weakref__", "busy", "conn", "used")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         #: When it last carried a command (``time.monotonic()``).
         self.used = time.monotonic()
+        #: Whether its thread is between a command and its reply: only that thread may close it then.
+        self.busy = False
 
     def __del__(self) -> None:
         self.conn.disconnect()
@@ -679,6 +681,7 @@ class RedisBackend(Backend):
         self._local = threading.local()
         self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
         self._layout_checked = False
+        self._closed = False
         self._wait_lock = threading.Lock()
         self._ids_lock = threading.Lock()
         self._last_seq = 0
@@ -739,7 +742,20 @@ class RedisBackend(Backend):
         if link is None:
             link = self._local.link = _Link(self._pool.connection_class(**self._pool.connection_kwargs))
             self._links.add(link)
-        elif time.monotonic() - link.used > STALE_AFTER:
+        link.busy = True
+        try:
+            # After ``busy`` is set: either close() sees the link busy and leaves it to us, or we see it closed.
+            if self._closed:
+                link.conn.disconnect()
+                raise BackendError(f"Redis at {self.url}: this backend is closed")
+            return self._exchange(link, args)
+        finally:
+            link.busy = False
+            if self._closed:
+                link.conn.disconnect()
+
+    def _exchange(self, link: _Link, args: Sequence[str | float]) -> Any:
+        if time.monotonic() - link.used > STALE_AFTER:
             # A connection idle for a while may have been closed by the server (a restart, a timeout):
             # find out before sending, so that the command goes on a fresh one instead of failing.
             try:
@@ -961,10 +977,15 @@ class RedisBackend(Backend):
         self._connect()
 
     def close(self) -> None:
+        """Close every connection; later calls raise ``BackendError``. A thread in the middle of a command
+        (a worker still running a job given back at shutdown) keeps its connection until the reply: redis-py's
+        connections must not be closed under the thread reading them."""
         self.interrupt()
+        self._closed = True
         self._pool.disconnect()
         for link in list(self._links):
-            link.conn.disconnect()
+            if not link.busy:
+                link.conn.disconnect()
 
     @_reporting
     def get(self, job_id: str) -> JobRecord | None:
