@@ -34,9 +34,10 @@ most twice a second rather than on every turn of the main loop. Resuming a reque
 thread would save one more hand-over, but code after a ``yield`` may block (a database query), and on the
 loop it would stall every coroutine of the process, or deadlock waiting on one; so it resumes on the pool.
 
-Setting: ``WSGI_PLUS_SUSPEND_TIMEOUT`` (seconds, default 60), read from the environment, where gunicorn's
-``--env WSGI_PLUS_SUSPEND_TIMEOUT=30`` (``raw_env`` in a config file) also puts it. An invalid value stops
-gunicorn at start with an error naming the setting. HTTP/2 connections are served as by gthread, without
+Settings, read from the environment, where gunicorn's ``--env WSGI_PLUS_SUSPEND_TIMEOUT=30`` (``raw_env`` in
+a config file) also puts them: ``WSGI_PLUS_SUSPEND_TIMEOUT`` (seconds, default 60) and
+``WSGI_PLUS_EVENT_LOOP`` (see ``flask_queue.wsgiplus.event_loop_factory``). An invalid value stops gunicorn at
+start with an error naming the setting. HTTP/2 connections are served as by gthread, without
 WSGI+. Needs the gthread worker of gunicorn 24 or later (its ``PollableMethodQueue``).
 """
 
@@ -406,7 +407,9 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
     def check_config(cls, cfg: Any, log: Any) -> None:
         """Fail at start, in gunicorn's master, when a WSGI+ setting is invalid (``--env`` counts)."""
         super().check_config(cfg, log)
-        suspend_timeout({**os.environ, **(cfg.env or {})})
+        environ = {**os.environ, **(cfg.env or {})}
+        suspend_timeout(environ)
+        wsgiplus.event_loop_factory(environ)
 
     # -- process lifecycle ------------------------------------------------------------------------------
 

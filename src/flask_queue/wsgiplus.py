@@ -36,13 +36,14 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Mapping
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from ._types import StartResponse, WSGIEnvironment
 from ._wsgiplus_iter import ENVIRON_KEY, VERSION, forward, outcome
+from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -50,7 +51,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENVIRON_KEY",
+    "EVENT_LOOP_ENV",
     "VERSION",
+    "event_loop_factory",
     "in_thread",
     "init_app",
     "is_wsgi_plus",
@@ -75,6 +78,47 @@ def is_wsgi_plus(environ: WSGIEnvironment) -> bool:
 
 # -- the process's event loop and thread pool ---------------------------------------------------------------
 
+#: The environment variable that picks the event loop: ``auto`` (the default), ``asyncio`` or ``uvloop``.
+EVENT_LOOP_ENV: Final = "WSGI_PLUS_EVENT_LOOP"
+_EVENT_LOOPS: Final = ("auto", "asyncio", "uvloop")
+
+
+def event_loop_factory(environ: Mapping[str, str] = os.environ) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the process's event loop, as ``WSGI_PLUS_EVENT_LOOP`` says.
+
+    ``auto`` (unset or empty): uvloop's loop when uvloop is installed, as uvicorn does, since its C loop
+    spends less CPU per awaited call than asyncio's (figures in ``docs/benchmarks.md``); an application
+    that set an event loop policy of its own gets the policy's loop. ``asyncio``: the policy's loop always.
+    ``uvloop``: uvloop's, which must be installed.
+
+    :raises ConfigurationError: naming the setting, for another value or ``uvloop`` not installed.
+    """
+    raw = environ.get(EVENT_LOOP_ENV, "").strip()
+    choice = raw.lower() or "auto"
+    if choice not in _EVENT_LOOPS:
+        raise ConfigurationError(
+            f"{EVENT_LOOP_ENV} must be one of {', '.join(_EVENT_LOOPS)}, got {raw!r} (unset it for auto)"
+        )
+    if choice == "asyncio" or (choice == "auto" and _custom_policy()):
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigurationError(
+                f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed: pip install 'flask-queue[uvloop]'"
+                " (or unset it: auto uses uvloop only when it is installed)"
+            ) from None
+        return asyncio.new_event_loop
+    return cast("Callable[[], asyncio.AbstractEventLoop]", uvloop.new_event_loop)
+
+
+def _custom_policy() -> bool:
+    """Whether the application set an event loop policy of its own (policies are deprecated from 3.14)."""
+    if sys.version_info >= (3, 14):
+        return False
+    return type(asyncio.get_event_loop_policy()) is not asyncio.DefaultEventLoopPolicy
+
 
 class _Runtime:
     """The event loop thread and thread pool of one process, started at first use, after any fork."""
@@ -97,7 +141,7 @@ class _Runtime:
             if self.starter is None:
                 # In an empty context: the loop keeps the context it is made in for its whole life (in the
                 # handle that reads its self-pipe), and the first caller's is often a request's.
-                loop = contextvars.Context().run(asyncio.new_event_loop)
+                loop = contextvars.Context().run(event_loop_factory())
                 started = threading.Event()
                 # Not a daemon: at exit the loop is stopped and joined (see shutdown), so a coroutine is never
                 # cut off mid-way by the interpreter tearing down under it.

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from flask_queue import wsgiplus
+from flask_queue.wsgiplus import EVENT_LOOP_ENV
 from tests.servers._live import REQUEST_TIMEOUT, ServerProcess
 
 from . import _server
@@ -25,6 +26,16 @@ def require_gunicorn() -> None:
         pytest.skip("gunicorn is not installed (pip install -e '.[dev]')")
 
 
+@pytest.fixture(scope="module", autouse=True, params=["uvloop", "asyncio"])
+def event_loop_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every WSGI+ test runs on both event loops: asyncio's, and uvloop's (what ``auto`` picks when it is
+    installed), in this process and in the servers it starts."""
+    kind: str = request.param
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(EVENT_LOOP_ENV, kind)
+        yield kind
+
+
 @pytest.fixture(autouse=True)
 def _stop_wsgiplus_runtime() -> Iterator[None]:
     """Tests that run views in this process start its event loop and pool: stop them after each test."""
@@ -33,14 +44,16 @@ def _stop_wsgiplus_runtime() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def wsgiplus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """gunicorn with one WSGIPlusWorker of 2 threads, shared by the tests of a module."""
+def wsgiplus_server(
+    tmp_path_factory: pytest.TempPathFactory, event_loop_kind: str
+) -> Iterator[ServerProcess]:
+    """gunicorn with one WSGIPlusWorker of 2 threads, shared by the tests of a module (on one event loop)."""
     require_gunicorn()
     server = _server.start(
         "wsgiplus",
         tmp_path_factory.mktemp("wsgiplus-log"),
         threads=2,
-        env={"WSGI_PLUS_SUSPEND_TIMEOUT": str(SUSPEND_TIMEOUT)},
+        env={"WSGI_PLUS_SUSPEND_TIMEOUT": str(SUSPEND_TIMEOUT), EVENT_LOOP_ENV: event_loop_kind},
     )
     try:
         yield server

@@ -218,6 +218,18 @@ def health() -> Any:
     return {"ok": True, "pid": os.getpid(), "wsgi_plus": is_wsgi_plus(request.environ)}
 
 
+async def _loop_class() -> str:
+    loop = asyncio.get_running_loop()
+    return f"{type(loop).__module__}.{type(loop).__qualname__}"
+
+
+@app.get("/flask/loop")
+@queue.exempt
+async def loop_view() -> Any:
+    """The class of the event loop that async views and ``run_async`` run on."""
+    return {"view": await _loop_class(), "run_async": await asyncio.wrap_future(run_async(_loop_class()))}
+
+
 @app.get("/stats")
 @queue.exempt
 def stats() -> Any:

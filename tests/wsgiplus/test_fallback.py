@@ -206,7 +206,9 @@ def test_a_view_error_after_a_park_goes_to_flask_s_error_handling(views: Flask) 
 
 
 @pytest.fixture(scope="module", params=["waitress", "gthread"])
-def other_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def other_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, event_loop_kind: str
+) -> Any:
     if request.param == "gthread":
         require_gunicorn()
     server = _server.start(request.param, tmp_path_factory.mktemp(f"{request.param}-log"), threads=4)

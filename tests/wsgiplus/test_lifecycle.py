@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from flask_queue.exceptions import ConfigurationError
 from flask_queue.gunicorn import DEFAULT_SUSPEND_TIMEOUT, suspend_timeout
+from flask_queue.wsgiplus import event_loop_factory
 from tests.servers._live import wait_for
 
 from . import _server
@@ -83,5 +87,49 @@ def test_sigterm_answers_every_parked_request_before_the_worker_exits(log_dir: P
             client.join(30)
         assert [status for status, _ in results] == [200] * 20
         assert _server.wait_exit(server) == 0
+    finally:
+        server.stop()
+
+
+def test_the_worker_runs_async_views_and_run_async_on_the_chosen_event_loop(
+    live: Client, event_loop_kind: str
+) -> None:
+    expected = "uvloop.Loop" if event_loop_kind == "uvloop" else "asyncio.unix_events._UnixSelectorEventLoop"
+    assert live.get("/flask/loop").json() == {"view": expected, "run_async": expected}
+
+
+def test_event_loop_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert event_loop_factory({}) is uvloop.new_event_loop  # auto: uvloop when it is installed
+    assert event_loop_factory({"WSGI_PLUS_EVENT_LOOP": " Auto "}) is uvloop.new_event_loop
+    assert event_loop_factory({"WSGI_PLUS_EVENT_LOOP": "uvloop"}) is uvloop.new_event_loop
+    assert event_loop_factory({"WSGI_PLUS_EVENT_LOOP": "asyncio"}) is asyncio.new_event_loop
+    with pytest.raises(ConfigurationError, match="WSGI_PLUS_EVENT_LOOP must be one of auto, asyncio, uvloop"):
+        event_loop_factory({"WSGI_PLUS_EVENT_LOOP": "trio"})
+    # Without uvloop, auto falls back to asyncio's loop, and asking for uvloop is an error naming the fix.
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what "not installed" looks like to an import
+    assert event_loop_factory({}) is asyncio.new_event_loop
+    with pytest.raises(ConfigurationError, match=r"WSGI_PLUS_EVENT_LOOP=uvloop, but uvloop is not installed"):
+        event_loop_factory({"WSGI_PLUS_EVENT_LOOP": "uvloop"})
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="event loop policies are deprecated from Python 3.14")
+def test_auto_keeps_an_event_loop_policy_the_application_set() -> None:
+    class Policy(asyncio.DefaultEventLoopPolicy):
+        pass
+
+    before = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(Policy())
+    try:
+        assert event_loop_factory({}) is asyncio.new_event_loop
+    finally:
+        asyncio.set_event_loop_policy(before)
+
+
+def test_an_invalid_event_loop_stops_gunicorn_at_start_naming_the_setting(log_dir: Path) -> None:
+    require_gunicorn()
+    server = _server.spawn("wsgiplus", log_dir, extra=["--env", "WSGI_PLUS_EVENT_LOOP=fast"])
+    try:
+        assert _server.wait_exit(server) != 0
+        assert "WSGI_PLUS_EVENT_LOOP must be one of auto, asyncio, uvloop, got 'fast'" in server.log_tail()
     finally:
         server.stop()
