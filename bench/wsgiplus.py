@@ -6,7 +6,9 @@ server in a process of its own, answering after a delay):
 
 - ``wsgiplus-4``: ``WSGIPlusWorker``, 4 threads; the view awaits the upstream through ``@suspendable`` +
   ``run_async`` with a keep-alive client on plain asyncio streams, the async counterpart of the blocking
-  servers' ``http.client``; ``wsgiplus-4-aiohttp`` (section 1 only) does the same with aiohttp;
+  servers' ``http.client``, on the default event loop (``WSGI_PLUS_EVENT_LOOP=auto``: uvloop's, which the
+  dev install has). Section 1 also runs ``wsgiplus-4-asyncio``, the same on asyncio's own loop, and
+  ``wsgiplus-4-aiohttp``, the same with aiohttp;
 - ``gthread-4``, ``gthread-256``: gthread with 4 and 256 threads, a blocking ``http.client`` call;
 - ``gevent``: the gevent worker, the same blocking code (gevent patches the socket module).
 
@@ -23,6 +25,7 @@ server in a process of its own, answering after a delay):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import http.client
 import statistics
 import subprocess
@@ -33,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from flask_queue import wsgiplus
 
 from . import _machine, _report, _servers, loadgen
 from ._cli import add_options, config_from
@@ -98,7 +103,14 @@ QUICK = {
 #: label -> (worker class, threads setting name or fixed, client of the app)
 SERVERS = ("wsgiplus-4", "gthread-4", "gthread-256", "gevent")
 #: Section 1 also runs the WSGI+ view with aiohttp, the async client an application would likely use.
-WAITING_SERVERS = ("wsgiplus-4", "wsgiplus-4-aiohttp", "gthread-4", "gthread-256", "gevent")
+WAITING_SERVERS = (
+    "wsgiplus-4",
+    "wsgiplus-4-asyncio",
+    "wsgiplus-4-aiohttp",
+    "gthread-4",
+    "gthread-256",
+    "gevent",
+)
 
 
 # -- processes -----------------------------------------------------------------------------------------------
@@ -145,11 +157,12 @@ def set_delay(port: int, delay_ms: int) -> None:
 
 
 def _worker_args(label: str, config: WSGIPlusConfig) -> tuple[str, int, str]:
-    """(worker class, threads, client) of a server label such as ``gthread-256`` or ``wsgiplus-4-aiohttp``."""
+    """(worker class, threads, client) of a server label such as ``gthread-256`` or ``wsgiplus-4-aiohttp``
+    (``wsgiplus-4-asyncio``: the streams client on asyncio's loop)."""
     kind, _, rest = label.partition("-")
     threads, _, client = rest.partition("-")
     if kind == "wsgiplus":
-        return WORKER, int(threads), client or "streams"
+        return WORKER, int(threads), "streams" if client in ("", "asyncio") else client
     if kind == "gthread":
         return "gthread", int(threads), "blocking"
     if kind == "gevent":
@@ -190,6 +203,8 @@ def server(label: str, upstream_port: int, config: WSGIPlusConfig) -> Iterator[_
     ]
     if _servers.gunicorn_has_no_control_socket():
         command.append("--no-control-socket")
+    if label.endswith("-asyncio"):
+        command += ["--env", "WSGI_PLUS_EVENT_LOOP=asyncio"]
     command.append(f"bench._wsgiplus_apps:create(upstream={upstream_port}, client={client!r})")
     with _servers._process(label, command, port) as running:
         yield running
@@ -489,6 +504,19 @@ def report(results: dict[str, Any]) -> str:
         vs_small = plus / small if small else float("inf")
         vs_gevent = plus / waiting["gevent"]["rps"]
         p99 = waiting["wsgiplus-4"].get("p99_ms", float("inf")) / config["upstream_ms"]
+        default_loop = "asyncio's" if wsgiplus.event_loop_factory() is asyncio.new_event_loop else "uvloop's"
+        lines += [
+            f"wsgiplus-4 and wsgiplus-4-aiohttp ran on the default event loop, here {default_loop}.",
+            "",
+        ]
+        if "wsgiplus-4-asyncio" in waiting:
+            on_asyncio = waiting["wsgiplus-4-asyncio"]
+            lines += [
+                f"On asyncio's own loop (wsgiplus-4-asyncio): {on_asyncio['rps'] / waiting['gevent']['rps']:.2f} x"
+                f" gevent's throughput, p99 {on_asyncio.get('p99_ms', float('inf')) / config['upstream_ms']:.2f}"
+                " x the upstream latency.",
+                "",
+            ]
         target(
             "wsgiplus-4 / gthread-4 throughput",
             vs_small,
