@@ -92,6 +92,9 @@ def test_a_password_given_as_a_parameter_is_hidden_too(backends: Callable[..., P
         backend.size()
     assert "hunter2" not in str(raised.value)
     assert "k3y" not in str(raised.value)
+    # A driver's message that quotes them (none of libpq's here does) is scrubbed too.
+    quoted = str(backend._error(RuntimeError("password hunter2 rejected, sslpassword k3y")))
+    assert quoted.endswith("password *** rejected, sslpassword ***")
 
 
 def test_the_other_parameters_go_to_libpq(url: str, backends: Callable[..., PostgresBackend]) -> None:

@@ -184,6 +184,9 @@ def test_a_password_given_as_a_parameter_is_hidden_too(open_backend: Callable[[s
     with pytest.raises(BackendError) as raised:
         backend.size()
     assert "hunter" not in str(raised.value)
+    # A message that quotes it, as written or decoded, is scrubbed too.
+    quoted = str(backend._error(redis.ResponseError("WRONGPASS hunter 2 / hunter%202")))
+    assert quoted.endswith("WRONGPASS *** / ***")
 
 
 def test_every_call_on_an_unreachable_redis_raises_backend_error_promptly(

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
-from .base import Backend, hide_query_secrets
+from .base import Backend, hide_secrets
 
 __all__ = ["Backend", "backend_from_url", "hide_password"]
 
@@ -87,13 +86,6 @@ def _missing(url: str, scheme: str, exc: ImportError) -> ConfigurationError:
 
 
 def hide_password(url: str) -> str:
-    """The URL with its password replaced by ``***``, for messages and pages: the one before the ``@`` and
+    """The URL with its passwords replaced by ``***``, for messages and pages: the one before the ``@`` and
     any given as a query parameter (``?password=``, ``?sslpassword=``)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
-    return hide_query_secrets(url)[0]
+    return hide_secrets(url)[0]

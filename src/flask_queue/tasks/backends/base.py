@@ -32,12 +32,12 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
 from ..job import FINISHED, JobRecord, JobStatus, Watcher
 
-__all__ = ["MAX_LOST", "Backend", "WorkerInfo", "hide_query_secrets"]
+__all__ = ["MAX_LOST", "Backend", "WorkerInfo", "hide_query_secrets", "hide_secrets", "scrub"]
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -70,6 +70,30 @@ def hide_query_secrets(url: str) -> tuple[str, list[str]]:
             pair = f"{name}=***"
         shown.append(pair)
     return f"{base}?{'&'.join(shown)}", secrets
+
+
+def hide_secrets(url: str) -> tuple[str, list[str]]:
+    """The URL with every password in it replaced by ``***`` (the one before the ``@`` and the
+    ``SECRET_PARAMETERS``), for messages and pages, and those passwords, for ``scrub``; a URL that cannot be
+    parsed is shown as ``<unparsable URL>``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>", []
+    secrets: list[str] = []
+    if parts.password:
+        secrets += {parts.password, unquote(parts.password)}
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+    url, query_secrets = hide_query_secrets(url)
+    return url, secrets + query_secrets
+
+
+def scrub(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***`` (a driver's error message may quote them)."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 @dataclass

@@ -49,8 +49,8 @@ import psycopg
 
 from ...exceptions import BackendError, ConfigurationError
 from ..job import JobRecord, JobStatus
-from . import hide_password, sqlite
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_query_secrets
+from . import sqlite
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_secrets, scrub
 
 # The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
 from .sqlite import _COLUMNS, _key, _record
@@ -137,10 +137,9 @@ _SCHEMA_MARK = "\x00schema\x00"
 class PostgresBackend(Backend):
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url, query_secrets = hide_query_secrets(hide_password(url))
+        #: The URL as messages show it, and what they must not show: its passwords.
+        self.url, self._secrets = hide_secrets(url)
         parts = urlsplit(url)
-        #: What an error message must not show: the URL's passwords.
-        self._secrets = [secret for secret in (parts.password, *query_secrets) if secret]
         options: list[tuple[str, str]] = []
         self.schema = "public"
         self.poll_interval = POLL_INTERVAL
@@ -250,8 +249,7 @@ class PostgresBackend(Backend):
 
     def _error(self, exc: BaseException) -> BackendError:
         message = str(exc).strip() or type(exc).__name__
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
+        message = scrub(message, self._secrets)
         return BackendError(f"{self.url}: {message}")
 
     def _create_tables(self, conn: psycopg.Connection[Any]) -> None:

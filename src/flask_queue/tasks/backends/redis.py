@@ -81,8 +81,7 @@ from redis.retry import Retry
 
 from ...exceptions import BackendError, ConfigurationError
 from ..job import FINISHED, JobRecord, JobStatus
-from . import hide_password
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_query_secrets
+from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_secrets, scrub
 
 __all__ = ["RedisBackend"]
 
@@ -641,7 +640,8 @@ class RedisBackend(Backend):
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self.url, query_secrets = hide_query_secrets(hide_password(url))
+        #: The URL as messages show it, and what they must not show: its passwords.
+        self.url, self._secrets = hide_secrets(url)
         try:
             parts = urlsplit(url)
             options = parse_qsl(parts.query, keep_blank_values=True)
@@ -654,8 +654,6 @@ class RedisBackend(Backend):
             raise ConfigurationError(
                 f"TASK_QUEUE_BACKEND={self.url!r}: prefix is empty; give the keys a name (?prefix=myapp)"
             )
-        #: What an error message must not show: the URL's passwords.
-        self._secrets = [secret for secret in (parts.password, *query_secrets) if secret]
         self._redis_url = urlunsplit(
             parts._replace(query=urlencode([(name, value) for name, value in options if name != "prefix"]))
         )
@@ -692,8 +690,7 @@ class RedisBackend(Backend):
 
     def _error(self, exc: RedisError) -> BackendError:
         message = str(exc)
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
+        message = scrub(message, self._secrets)
         if isinstance(exc, RedisConnectionError | RedisTimeoutError):
             return BackendError(
                 f"Redis at {self.url} is unreachable: {message} (is it running, and is TASK_QUEUE_BACKEND"
