@@ -485,7 +485,7 @@ def _wants_json(accept_header: str | None) -> bool:
     return json_quality > 0 and json_quality >= text_quality
 
 
-_EXTENSION_KEY: Final = "flask-queue.request-queue"
+EXTENSION_KEY: Final = "flask-queue.request-queue"
 _LANE_ATTR: Final = "_flask_queue_lane"
 _ROUTE_CACHE_SIZE: Final = 4096
 _ADAPTER_CACHE_SIZE: Final = 256
@@ -532,7 +532,7 @@ class RequestQueue:
 
     def init_app(self, app: Flask) -> None:
         """Put the request queue in front of ``app``; raises ``RuntimeError`` if it already has one."""
-        if _EXTENSION_KEY in app.extensions:
+        if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 "This app already has a RequestQueue; a second one would queue every request twice."
             )
@@ -554,7 +554,7 @@ class RequestQueue:
         for name, limits in self._lanes.items():
             middleware.add_lane(name, **limits)
         app.wsgi_app = middleware  # type: ignore[method-assign]
-        app.extensions[_EXTENSION_KEY] = middleware
+        app.extensions[EXTENSION_KEY] = middleware
         self._apps.add(app)
 
     def lane(
@@ -660,7 +660,7 @@ class RequestQueue:
 
             app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
-            middleware: RequestQueueMiddleware = app.extensions[_EXTENSION_KEY]
+            middleware: RequestQueueMiddleware = app.extensions[EXTENSION_KEY]
         except KeyError:
             raise RuntimeError(
                 "This app has no RequestQueue. Did you forget to call queue.init_app(app)?"

@@ -43,6 +43,7 @@ from flask import Response, current_app, request
 
 from . import signals
 from .tasks.job import JobStatus
+from .tasks.queue import EXTENSION_KEY as TASK_QUEUE_KEY
 
 try:
     from prometheus_client import (
@@ -221,7 +222,7 @@ class _Exposition(Collector):
 def _metrics_view() -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     recorder: _Recorder = app.extensions[EXTENSION_KEY]
-    state = app.extensions.get("flask-queue.tasks")
+    state = app.extensions.get(TASK_QUEUE_KEY)
     # Through the extension, not ``state.backend``: it reopens the backend in a child after a fork.
     backend = None if state is None else state.extension.backend(app)
     registry = CollectorRegistry(auto_describe=False)

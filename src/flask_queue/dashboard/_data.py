@@ -13,7 +13,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from ..admission import EXTENSION_KEY as REQUEST_QUEUE_KEY
 from ..tasks.job import JobRecord, JobStatus
+from ..tasks.queue import EXTENSION_KEY as TASK_QUEUE_KEY
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -31,9 +33,6 @@ PER_PAGE: Final = 25
 #: Characters of a job's arguments shown in a list; the job's own page shows them all.
 ARGS_PREVIEW: Final = 160
 
-_REQUEST_QUEUE_KEY: Final = "flask-queue.request-queue"
-_TASK_QUEUE_KEY: Final = "flask-queue.tasks"
-
 
 @dataclass(frozen=True)
 class Queues:
@@ -45,8 +44,8 @@ class Queues:
 
     @classmethod
     def of(cls, app: Flask) -> Queues:
-        middleware = app.extensions.get(_REQUEST_QUEUE_KEY)
-        state = app.extensions.get(_TASK_QUEUE_KEY)
+        middleware = app.extensions.get(REQUEST_QUEUE_KEY)
+        state = app.extensions.get(TASK_QUEUE_KEY)
         if state is None:
             return cls(middleware, None, None)
         # Through the extension, not ``state.backend``: it reopens the backend in a child after a fork.
