@@ -156,24 +156,26 @@ def set_delay(port: int, delay_ms: int) -> None:
         connection.close()
 
 
-def _worker_args(label: str, config: WSGIPlusConfig) -> tuple[str, int, str]:
-    """(worker class, threads, client) of a server label such as ``gthread-256`` or ``wsgiplus-4-aiohttp``
-    (``wsgiplus-4-asyncio``: the streams client on asyncio's loop)."""
+def _worker_args(label: str, config: WSGIPlusConfig) -> tuple[str, int, str, list[str]]:
+    """(worker class, threads, client, more gunicorn arguments) of a server label such as ``gthread-256`` or
+    ``wsgiplus-4-aiohttp`` (``wsgiplus-4-asyncio``: the streams client on asyncio's loop)."""
     kind, _, rest = label.partition("-")
     threads, _, client = rest.partition("-")
     if kind == "wsgiplus":
-        return WORKER, int(threads), "streams" if client in ("", "asyncio") else client
+        if client == "asyncio":
+            return WORKER, int(threads), "streams", ["--env", f"{wsgiplus.EVENT_LOOP_ENV}=asyncio"]
+        return WORKER, int(threads), client or "streams", []
     if kind == "gthread":
-        return "gthread", int(threads), "blocking"
+        return "gthread", int(threads), "blocking", []
     if kind == "gevent":
-        return "gevent", 1, "blocking"
+        return "gevent", 1, "blocking", []
     raise ValueError(f"unknown server {label!r}")
 
 
 @contextmanager
 def server(label: str, upstream_port: int, config: WSGIPlusConfig) -> Iterator[_servers.Server]:
     """gunicorn, one worker, of the kind the label names, serving the benchmark app."""
-    worker_class, threads, client = _worker_args(label, config)
+    worker_class, threads, client, more = _worker_args(label, config)
     port = _servers.free_port()
     command = [
         sys.executable,
@@ -203,8 +205,7 @@ def server(label: str, upstream_port: int, config: WSGIPlusConfig) -> Iterator[_
     ]
     if _servers.gunicorn_has_no_control_socket():
         command.append("--no-control-socket")
-    if label.endswith("-asyncio"):
-        command += ["--env", "WSGI_PLUS_EVENT_LOOP=asyncio"]
+    command += more
     command.append(f"bench._wsgiplus_apps:create(upstream={upstream_port}, client={client!r})")
     with _servers._process(label, command, port) as running:
         yield running
@@ -446,7 +447,13 @@ def run(config: WSGIPlusConfig, log: Callable[[str], None] = print) -> dict[str,
     if wrk_path is None:
         raise RuntimeError("this benchmark needs wrk (apt-get install wrk)")
     budget = _machine.Budget(config.spare_seconds)
-    results: dict[str, Any] = {"machine": _machine.describe(), "config": asdict(config)}
+    # The servers inherit this environment: the default loop they run on is the one it gives here.
+    default_loop = "asyncio" if wsgiplus.event_loop_factory() is asyncio.new_event_loop else "uvloop"
+    results: dict[str, Any] = {
+        "machine": _machine.describe(),
+        "config": asdict(config),
+        "event_loop": default_loop,
+    }
     only = {name.strip() for name in config.only.split(",")}
     with upstream(config.upstream_ms) as port:
         if "waiting" in only:
