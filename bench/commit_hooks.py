@@ -4,7 +4,7 @@ Two figures, each against its peer in the same run, on SQLite in memory (the che
 the largest ratio; ``--file`` uses a SQLite file instead):
 
 - **A commit with no hook**: ``add()`` one row and ``commit()`` in a new Session, with the listeners of
-  ``flask_queue.sqlalchemy`` installed on ``Session`` and with no listener at all, on the same engine.
+  ``flask_queue.commit_hooks`` installed on ``Session`` and with no listener at all, on the same engine.
   Rounds alternate between the two (the listeners are added and removed between rounds), and the report
   gives the median of the per-round times and the median of the per-pair ratios. Target: <= 3 %.
 - **A registered hook**: the same commit with 10 and 100 no-op hooks registered, minus the commit with
@@ -35,7 +35,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from flask_queue import sqlalchemy as hooks
+from flask_queue.commit_hooks import sqlalchemy as hooks
 
 from . import _machine, _report
 

@@ -25,8 +25,8 @@ from typing import Any
 from flask import Flask
 
 from flask_queue import Dashboard, JobStatus, RequestQueue, TaskQueue
+from flask_queue.tasks import JobRecord
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
-from flask_queue.tasks.job import JobRecord
 
 from . import _report
 from ._servers import HOST, Server, _process, free_port

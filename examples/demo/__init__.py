@@ -37,8 +37,8 @@ from flask import Flask, Response, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
 from flask_queue import Dashboard, JobStatus, RequestQueue, TaskQueue
-from flask_queue.metrics import ENDPOINT as METRICS_ENDPOINT
-from flask_queue.metrics import Metrics
+from flask_queue.dashboard.metrics import ENDPOINT as METRICS_ENDPOINT
+from flask_queue.dashboard.metrics import Metrics
 
 from ._bursts import MAX_BURST, BurstRefused, Bursts
 

@@ -14,7 +14,7 @@ from functools import partial
 from flask import current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from flask_queue.sqlalchemy import on_commit
+from flask_queue.commit_hooks import on_commit
 
 from .models import Froggy, db
 

@@ -30,9 +30,19 @@ request_admitted = _signals.signal("request-admitted")
 #: left while it waited), ``retry_after`` (seconds), ``environ``.
 request_rejected = _signals.signal("request-rejected")
 
-# Task-queue signals, sent by flask_queue.tasks once it exists; declared here so receivers can connect early.
+# The task queue's signals. The sender is the Flask app; every one has the ``job`` keyword argument (a
+# ``Job``). A receiver runs in the thread that enqueues or runs the job. One of ``task_enqueued`` that
+# raises, raises in the caller of ``enqueue`` (the job is stored already); one of the worker's signals that
+# raises is logged and changes nothing for the job.
+
+#: A job was stored (after the commit, for jobs enqueued inside a transaction with ``options(session=...)``).
 task_enqueued = _signals.signal("task-enqueued")
+#: A worker is about to run an attempt of the job.
 task_started = _signals.signal("task-started")
+#: The job succeeded. Keyword arguments: ``job``, ``result`` (the task's return value).
 task_succeeded = _signals.signal("task-succeeded")
+#: The job failed for good. Keyword arguments: ``job``, ``exception`` (``None`` when it could not run at all).
 task_failed = _signals.signal("task-failed")
+#: An attempt failed and the job will run again. Keyword arguments: ``job``, ``exception``, ``delay``
+#: (seconds until the retry).
 task_retried = _signals.signal("task-retried")

@@ -1,1 +1,1 @@
-"""Tests of ``flask_queue.sqlalchemy``: commit hooks on SQLite and PostgreSQL, threads, Flask-SQLAlchemy, asyncio."""
+"""Tests of ``flask_queue.commit_hooks``: commit hooks on SQLite and PostgreSQL, threads, Flask-SQLAlchemy, asyncio."""

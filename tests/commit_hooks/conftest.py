@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, delete, event, make_url, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from flask_queue.sqlalchemy import on_commit
+from flask_queue.commit_hooks import on_commit
 from tests._services import POSTGRES_URL, require_postgres
 
 from ._models import Base, Thing

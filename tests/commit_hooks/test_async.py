@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from flask_queue.sqlalchemy import capture_on_commit, on_commit
+from flask_queue.commit_hooks import capture_on_commit, on_commit
 
 from ._models import Base, Thing
 from .conftest import ForcedError, postgres_sqlalchemy_url

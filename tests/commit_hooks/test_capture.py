@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from flask_queue.sqlalchemy import capture_on_commit, on_commit
+from flask_queue.commit_hooks import capture_on_commit, on_commit
 
 from ._models import Thing
 from .conftest import ForcedError, Notes
@@ -139,7 +139,7 @@ def test_execute_robust_logs_and_continues(session: Session, caplog: pytest.LogC
         raise ForcedError("robust callback")
 
     with (
-        caplog.at_level(logging.ERROR, logger="flask_queue.sqlalchemy"),
+        caplog.at_level(logging.ERROR, logger="flask_queue.commit_hooks"),
         capture_on_commit(session, execute=True) as hooks,
     ):
         on_commit(hook, session=session, robust=True)

@@ -11,7 +11,7 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import Engine, select
 
-from flask_queue.sqlalchemy import capture_on_commit, on_commit
+from flask_queue.commit_hooks import capture_on_commit, on_commit
 
 from ._models import Base, Thing
 from .conftest import sqlite_savepoints

@@ -140,13 +140,13 @@ def test_a_failing_mailer_is_logged_and_the_rest_still_run(
     outbox.send = flaky  # type: ignore[method-assign]
     froggy_log.clear()
     with (
-        caplog.at_level(logging.ERROR, logger="flask_queue.sqlalchemy"),
+        caplog.at_level(logging.ERROR, logger="flask_queue.commit_hooks"),
         app.test_client().post(f"/froggies/{froggy_id}/dance") as response,
     ):
         assert response.status_code == 200
     assert froggy_log[-1] == "Sent email: Made froggy jump"
     assert [subject for subject, _ in outbox.sent] == ["Made froggy jump"]
-    (error,) = [record for record in caplog.records if record.name == "flask_queue.sqlalchemy"]
+    (error,) = [record for record in caplog.records if record.name == "flask_queue.commit_hooks"]
     assert error.exc_info is not None
     assert isinstance(error.exc_info[1], ConnectionRefusedError)
 

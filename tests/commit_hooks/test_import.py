@@ -11,7 +11,7 @@ def test_importing_without_sqlalchemy_names_the_extra() -> None:
         "import sys\n"
         "sys.modules['sqlalchemy'] = None  # as if it were not installed\n"
         "try:\n"
-        "    import flask_queue.sqlalchemy\n"
+        "    import flask_queue.commit_hooks\n"
         "except ImportError as error:\n"
         "    print(error)\n"
         "else:\n"
@@ -24,6 +24,6 @@ def test_importing_without_sqlalchemy_names_the_extra() -> None:
 
 
 def test_the_public_names() -> None:
-    import flask_queue.sqlalchemy as module
+    import flask_queue.commit_hooks as module
 
-    assert module.__all__ == ["capture_on_commit", "on_commit"]
+    assert module.__all__ == ["capture_on_commit", "on_commit", "resolve_session"]

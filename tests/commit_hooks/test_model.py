@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, SessionTransaction
 
-from flask_queue.sqlalchemy import on_commit
+from flask_queue.commit_hooks import on_commit
 
 from ._models import Thing
 from .conftest import sqlite_engine

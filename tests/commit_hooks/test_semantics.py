@@ -17,7 +17,7 @@ from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from flask_queue.sqlalchemy import on_commit
+from flask_queue.commit_hooks import on_commit
 
 from ._models import Thing
 from .conftest import ForcedError, Notes
@@ -45,7 +45,7 @@ def test_robust_hook_with_no_transaction_logs_and_returns(
     def robust_callback() -> None:
         raise ForcedError("robust callback")
 
-    with caplog.at_level(logging.ERROR, logger="flask_queue.sqlalchemy"):
+    with caplog.at_level(logging.ERROR, logger="flask_queue.commit_hooks"):
         on_commit(robust_callback, session=session, robust=True)
         notes.do(1)
         session.commit()
@@ -67,7 +67,7 @@ def test_robust_hook_in_a_transaction_logs_and_the_rest_run(
     def robust_callback() -> None:
         raise ForcedError("robust callback")
 
-    with caplog.at_level(logging.ERROR, logger="flask_queue.sqlalchemy"), session.begin():
+    with caplog.at_level(logging.ERROR, logger="flask_queue.commit_hooks"), session.begin():
         on_commit(robust_callback, session=session, robust=True)
         notes.do(1)
     notes.assert_done([1])
@@ -83,7 +83,7 @@ def test_robust_hook_as_a_partial_is_named(session: Session, caplog: pytest.LogC
         raise ForcedError(word)
 
     hook = partial(robust_callback, "robust")
-    with caplog.at_level(logging.ERROR, logger="flask_queue.sqlalchemy"):
+    with caplog.at_level(logging.ERROR, logger="flask_queue.commit_hooks"):
         on_commit(hook, session=session, robust=True)
     assert caplog.records[0].getMessage() == f"Error calling {hook!r} in on_commit() (robust hook)."
 
@@ -500,7 +500,7 @@ def test_sqlite_savepoint_recipe_is_in_force(engine: Engine) -> None:
 
 
 def test_listeners_are_installed_once_for_every_session_class(engine: Engine) -> None:
-    from flask_queue.sqlalchemy import _after_commit, _after_transaction_end
+    from flask_queue.commit_hooks.sqlalchemy import _after_commit, _after_transaction_end
 
     class MySession(Session):
         pass

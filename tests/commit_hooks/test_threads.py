@@ -14,7 +14,7 @@ from functools import partial
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from flask_queue.sqlalchemy import on_commit
+from flask_queue.commit_hooks import on_commit
 
 from ._models import Thing
 

@@ -12,7 +12,7 @@ from flask import Flask, jsonify
 from flask.typing import ResponseReturnValue
 
 from flask_queue import RequestQueue, TaskQueue
-from flask_queue.metrics import ENDPOINT, Metrics
+from flask_queue.dashboard.metrics import ENDPOINT, Metrics
 
 application = Flask(__name__)
 queue = RequestQueue(application, concurrency=4, max_queue_size=8)

@@ -16,7 +16,7 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_queue import RequestQueue, TaskQueue
-from flask_queue.metrics import ENDPOINT, Metrics
+from flask_queue.dashboard.metrics import ENDPOINT, Metrics
 from tests.servers._live import (
     ServerProcess,
     gunicorn_has_no_control_socket,

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from flask_queue.tasks.job import JobRecord
+from flask_queue.tasks import JobRecord
 
 
 def record(**fields: Any) -> JobRecord:

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from flask_queue import BackendError, JobCancelled, JobStatus, TaskFailed
-from flask_queue.tasks.backends.base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+from flask_queue.tasks import JobRecord, WorkerInfo
+from flask_queue.tasks.backends.base import LOST_ERROR, MAX_LOST, Backend
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
-from flask_queue.tasks.job import JobRecord
 from tests.tasks._records import record
 
 LEASE = 30.0

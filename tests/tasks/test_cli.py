@@ -136,7 +136,7 @@ def test_worker_burst_rides_out_an_outage_of_its_idle_check(make_queue: MakeQueu
 
 
 def test_commands_without_a_task_queue_say_so() -> None:
-    from flask_queue.cli import queue_command
+    from flask_queue.tasks.cli import queue_command
 
     app = Flask(__name__)
     app.cli.add_command(queue_command)

@@ -25,7 +25,8 @@ from flask import Flask
 
 from flask_queue import BackendError, ConfigurationError, JobStatus, TaskQueue
 from flask_queue.tasks.backends import backend_from_url
-from flask_queue.tasks.backends.redis import CHUNK, LAYOUT, RedisBackend
+from flask_queue.tasks.backends.redis import LAYOUT, RedisBackend
+from flask_queue.tasks.backends.redis._scripts import CHUNK
 from tests._services import REDIS_URL, redis_namespace, require_redis
 from tests.servers._live import free_port
 from tests.tasks._records import record
@@ -239,8 +240,9 @@ def test_a_dequeue_blocked_in_redis_is_woken_by_an_enqueue_from_another_process(
     waiter = open_backend(f"{url}&client_name={name}")
     producer = (
         "import sys, time\n"
-        "from flask_queue.tasks.backends.redis import CHUNK, LAYOUT, RedisBackend\n"
-        "from flask_queue.tasks.job import JobRecord\n"
+        "from flask_queue.tasks.backends.redis import LAYOUT, RedisBackend\n"
+        "from flask_queue.tasks.backends.redis._scripts import CHUNK\n"
+        "from flask_queue.tasks import JobRecord\n"
         "backend = RedisBackend(sys.argv[1])\n"
         "now = time.time()\n"
         "job = JobRecord(id='', task='t', queue='mail', payload='{}', eta=now, enqueued_at=now)\n"

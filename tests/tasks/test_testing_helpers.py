@@ -1,4 +1,4 @@
-"""``flask_queue.testing``: eager tasks, draining, and the capture_on_commit re-export."""
+"""``flask_queue.tasks.testing``: eager tasks, draining, and the capture_on_commit re-export."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-import flask_queue.sqlalchemy
+import flask_queue.commit_hooks
 from flask_queue import JobStatus, TaskQueue
-from flask_queue.testing import capture_on_commit, drain_tasks, eager_tasks
+from flask_queue.tasks.testing import capture_on_commit, drain_tasks, eager_tasks
 
 
 def test_eager_tasks_runs_jobs_inline_within_the_block(tmp_path: Path) -> None:
@@ -36,4 +36,4 @@ def test_helpers_name_the_fix_without_a_task_queue() -> None:
 
 
 def test_capture_on_commit_is_the_sqlalchemy_one() -> None:
-    assert capture_on_commit is flask_queue.sqlalchemy.capture_on_commit
+    assert capture_on_commit is flask_queue.commit_hooks.capture_on_commit

@@ -18,8 +18,8 @@ from flask import Flask
 
 from flask_queue import JobStatus, TaskFailed, TaskQueue
 from flask_queue.exceptions import BackendError
+from flask_queue.tasks import JobRecord
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
-from flask_queue.tasks.job import JobRecord
 
 from .conftest import MakeQueue
 

@@ -384,7 +384,7 @@ def kept() -> Any:
     """How many tracked requests are still in memory after a collection, and how many parks the worker's
     queues (deques) still hold. (A gate's future keeps its park among its callbacks: that is the app's.)
     """
-    from flask_queue.gunicorn import _Park
+    from flask_queue.wsgiplus.gunicorn import _Park
 
     gc.collect()
     parks = [thing for thing in gc.get_objects() if type(thing) is _Park]

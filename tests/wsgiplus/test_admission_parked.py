@@ -9,8 +9,8 @@ from typing import Any
 from werkzeug.test import EnvironBuilder
 
 from flask_queue import RequestQueueMiddleware
-from flask_queue._lane import ADMITTED, REJECTED, WAITING, Lane
 from flask_queue._types import StartResponse, WSGIEnvironment
+from flask_queue.request_queue.lane import ADMITTED, REJECTED, WAITING, Lane
 
 
 def _ok(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

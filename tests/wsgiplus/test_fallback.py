@@ -16,8 +16,8 @@ import pytest
 from flask import Flask, g, request
 
 from flask_queue import wsgiplus
-from flask_queue._wsgiplus_iter import outcome
 from flask_queue.wsgiplus import in_thread, run_async, suspendable
+from flask_queue.wsgiplus.protocol import outcome
 
 from . import _server
 from .conftest import Client, require_gunicorn

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("gunicorn")
 
-from flask_queue.gunicorn import _MethodQueue
+from flask_queue.wsgiplus.gunicorn import _MethodQueue
 
 
 def test_a_call_deferred_after_close_writes_into_no_file_opened_since(tmp_path: Path) -> None:

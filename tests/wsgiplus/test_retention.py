@@ -74,7 +74,7 @@ def test_a_handled_failed_future_does_not_keep_the_request_in_an_idle_request_th
 ) -> None:
     # _Pool._serve keeps `call, fn, args` of its last call while it blocks for the next: for a resumed step
     # that is (park, _resume, value, error), and the error's traceback reaches the request's frames
-    # (wsgiplus._resume's `ctx`, the view's generator): the whole request, for as long as the thread idles.
+    # (wsgiplus.views._resume's `ctx`, the view's generator): the whole request, for as long as the thread idles.
     results = fetch_concurrently(served.server.port, ["/tracked/failed"] * 8)
     assert [(status, body) for status, body in results] == [(200, b"handled")] * 8
     assert settle_then_count(probe_dir) == 0
@@ -83,7 +83,7 @@ def test_a_handled_failed_future_does_not_keep_the_request_in_an_idle_request_th
 def test_a_request_queue_waiter_leaves_nothing_once_admitted_and_answered(
     served: Client, probe_dir: Path
 ) -> None:
-    # The waiter's queue_timeout timer (wsgiplus._call_later) is made in a copy of the request's context
+    # The waiter's queue_timeout timer (wsgiplus.call_later) is made in a copy of the request's context
     # (here: the ContextVar an outer middleware set). Cancelled when the waiter is admitted, the handle keeps
     # its context (asyncio clears only the callback) and stays in the loop's heap until it was due
     # (queue_timeout: 30 s here) whenever a live timer is ahead of it, up to asyncio's purge (> 100

@@ -13,16 +13,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from ..admission import EXTENSION_KEY as REQUEST_QUEUE_KEY
-from ..tasks.job import JobRecord, JobStatus
-from ..tasks.queue import EXTENSION_KEY as TASK_QUEUE_KEY
+from .. import _keys
+from ..tasks import JobRecord, JobStatus
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from ..admission import RequestQueueMiddleware
-    from ..tasks.backends.base import Backend, WorkerInfo
-    from ..tasks.serializer import Serializer
+    from ..request_queue import RequestQueueMiddleware
+    from ..tasks import Serializer, WorkerInfo
+    from ..tasks.backends import Backend
 
 __all__ = ["PER_PAGE", "RECENT", "Queues", "job_data", "snapshot"]
 
@@ -44,8 +43,8 @@ class Queues:
 
     @classmethod
     def of(cls, app: Flask) -> Queues:
-        middleware = app.extensions.get(REQUEST_QUEUE_KEY)
-        state = app.extensions.get(TASK_QUEUE_KEY)
+        middleware = app.extensions.get(_keys.REQUEST_QUEUE)
+        state = app.extensions.get(_keys.TASKS)
         if state is None:
             return cls(middleware, None, None)
         # Through the extension, not ``state.backend``: it reopens the backend in a child after a fork.

@@ -1,86 +1,19 @@
-"""A job: one call of a task, as stored by a backend (``JobRecord``) and as a caller holds it (``Job``)."""
+"""``Job``: a caller's handle on one call of a task, and the ``Watcher`` that turns it into a Future."""
 
 from __future__ import annotations
 
-import enum
 import json
 import threading
-import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import JobCancelled, TaskFailed
+from .records import FINISHED, JobRecord, JobStatus
 
 if TYPE_CHECKING:
     from .backends.base import Backend
 
-__all__ = ["FINISHED", "Job", "JobRecord", "JobStatus"]
-
-
-class JobStatus(str, enum.Enum):
-    """Where a job is in its life. ``SUCCEEDED``, ``FAILED`` and ``CANCELLED`` are final."""
-
-    #: Ready to run, waiting for a worker.
-    QUEUED = "queued"
-    #: Waiting for its time (``enqueue_in``, ``enqueue_at``, or a retry's backoff).
-    SCHEDULED = "scheduled"
-    #: Leased by a worker that is running it.
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    #: Raised on its last attempt, or could not run (unknown task, corrupt payload); kept with its error.
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-#: The statuses a job never leaves.
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-
-@dataclass
-class JobRecord:
-    """Everything a backend keeps about a job. Backends store it; nothing else changes it behind them.
-
-    Times are seconds since the epoch (``time.time()``), so that processes and machines agree on them.
-    ``status`` is never ``SCHEDULED`` in storage: a ``QUEUED`` job whose ``eta`` is in the future is
-    scheduled, and becomes ready by the clock alone (see ``effective_status``).
-    """
-
-    id: str
-    task: str
-    queue: str
-    payload: str
-    priority: int = 0
-    status: JobStatus = JobStatus.QUEUED
-    #: Attempts started so far (a redelivery after a lost lease counts).
-    attempts: int = 0
-    #: Further attempts allowed after the first one fails.
-    retries: int = 0
-    #: Seconds an attempt may run; ``None`` for no limit.
-    timeout: float | None = None
-    eta: float = 0.0
-    enqueued_at: float = 0.0
-    started_at: float | None = None
-    finished_at: float | None = None
-    #: While running: until when its worker holds it, and which worker that is.
-    lease_until: float | None = None
-    worker: str | None = None
-    #: The JSON of the task's return value, once it succeeded.
-    result: str | None = None
-    error: str | None = None
-    traceback: str | None = None
-    #: When a finished job may be deleted; ``None`` keeps it.
-    expires_at: float | None = None
-    #: Leases that expired on this job (its worker died or hung); past a bound the job fails.
-    lost: int = 0
-
-    def effective_status(self, now: float | None = None) -> JobStatus:
-        if self.status is JobStatus.QUEUED and self.eta > (time.time() if now is None else now):
-            return JobStatus.SCHEDULED
-        return self.status
+__all__ = ["Job", "Watcher"]
 
 
 class Job:

@@ -21,28 +21,27 @@ commands, and again in a child after a fork.
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import logging
-import math
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 import click
 from flask import current_app, has_app_context
 from flask.cli import FlaskGroup
 from flask.helpers import get_debug_flag
 
-from .. import signals
+from .. import _checks, _keys, signals
 from ..exceptions import ConfigurationError
 from .backends import backend_from_url
-from .backends.memory import MemoryBackend
-from .job import Job, JobRecord, JobStatus
+from .job import Job
+from .records import JobRecord, JobStatus
 from .serializer import JSONSerializer, Serializer
+from .task import DEFAULT_QUEUE, Task, _Options
 from .worker import Executor, StopReport, Worker
 
 if TYPE_CHECKING:
@@ -50,16 +49,12 @@ if TYPE_CHECKING:
 
     from .backends.base import Backend
 
-__all__ = ["BoundTask", "Task", "TaskQueue"]
+__all__ = ["DEFAULTS", "QueueState", "TaskQueue"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-F = TypeVar("F", bound=Callable[..., Any])
 
 log = logging.getLogger("flask_queue.tasks")
-
-EXTENSION_KEY: Final = "flask-queue.tasks"
-DEFAULT_QUEUE: Final = "default"
 
 #: Every setting, its default, and its config key (``TASK_QUEUE_<NAME>``). ``backend`` ``None``: the SQLite
 #: file ``flask_queue.sqlite3`` in the app's instance folder.
@@ -77,218 +72,13 @@ DEFAULTS: Final[Mapping[str, Any]] = {
 DEFAULT_SQLITE: Final = "sqlite:///flask_queue.sqlite3"
 
 
-def _check_number(
-    name: str, value: Any, *, minimum: float = 0.0, strict: bool = False, none: bool = False
-) -> None:
-    if value is None and none:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (strict and value <= minimum):
-        relation = ">" if strict else ">="
-        allowed = " or None" if none else ""
-        raise ConfigurationError(f"{name} must be a number {relation} {minimum:g}{allowed}, not {value!r}")
-
-
-@dataclass(frozen=True)
-class _Options:
-    queue: str
-    priority: int
-    retries: int
-    timeout: float | None
-    delay: float = 0.0
-    #: The SQLAlchemy session whose transaction ``enqueue*`` join (the outbox) and whose commit
-    #: ``enqueue_on_commit`` waits for (``None``: no outbox, and Flask-SQLAlchemy's session for the latter).
-    session: Any = None
-
-
-class Task(Generic[P, R]):
-    """A function made into a task by ``@tasks.task``. Calling it runs it here, now; ``enqueue`` runs it in a
-    worker. Its options are checked when it is decorated."""
-
-    def __init__(
-        self,
-        queue: TaskQueue,
-        func: Callable[P, R],
-        *,
-        name: str | None = None,
-        retries: int = 0,
-        retry_backoff: float = 1.0,
-        retry_backoff_max: float | None = None,
-        timeout: float | None = None,
-        queue_name: str = DEFAULT_QUEUE,
-        priority: int = 0,
-    ) -> None:
-        if not callable(func):
-            raise TypeError(f"@task decorates a function, not {type(func).__name__}")
-        self.func = func
-        self.name = name if name is not None else f"{func.__module__}.{func.__qualname__}"
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"task name must be a non-empty string, not {self.name!r}")
-        self.retry_backoff = retry_backoff
-        self.retry_backoff_max = retry_backoff_max
-        _check_number(f"{self.name}: retry_backoff", retry_backoff)
-        _check_number(f"{self.name}: retry_backoff_max", retry_backoff_max, none=True)
-        self._queue = queue
-        self.defaults = _make_options(self.name, queue_name, priority, retries, timeout)
-        self.__doc__ = func.__doc__
-        self.__name__ = getattr(func, "__name__", self.name)
-        self.__wrapped__ = func
-
-    def __repr__(self) -> str:
-        return f"<Task {self.name}>"
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.func(*args, **kwargs)
-
-    @property
-    def queue(self) -> str:
-        return self.defaults.queue
-
-    @property
-    def priority(self) -> int:
-        return self.defaults.priority
-
-    @property
-    def retries(self) -> int:
-        return self.defaults.retries
-
-    @property
-    def timeout(self) -> float | None:
-        return self.defaults.timeout
-
-    def options(
-        self,
-        *,
-        queue: str | None = None,
-        priority: int | None = None,
-        retries: int | None = None,
-        timeout: float | None = None,
-        session: Any = None,
-    ) -> BoundTask[P, R]:
-        """This task with some options changed for the calls made through the handle returned.
-
-        ``task.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's own
-        argument names. Values are checked as at decoration. ``session`` is a SQLAlchemy ``Session`` or
-        ``scoped_session`` (Flask-SQLAlchemy's ``db.session``): ``enqueue*`` then store the jobs inside its
-        transaction (the outbox: they exist if and only if it commits), which needs the queue in the session's
-        own database (PostgreSQL, or the app's SQLite file); ``enqueue_on_commit`` waits for its commit (an
-        ``AsyncSession`` too).
-        """
-        d = self.defaults
-        options = _make_options(
-            self.name,
-            d.queue if queue is None else queue,
-            d.priority if priority is None else priority,
-            d.retries if retries is None else retries,
-            d.timeout if timeout is None else timeout,
-        )
-        return BoundTask(self, replace(options, session=session))
-
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Have a worker run ``func(*args, **kwargs)``; return the job at once.
-
-        Arguments are serialized here: one JSON cannot carry raises ``TypeError`` naming it.
-        """
-        return self._queue._enqueue(self, self.defaults, [(args, kwargs)])[0]
-
-    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Like ``enqueue``, to run ``delay`` seconds from now (at the earliest)."""
-        return BoundTask(self, self.defaults).enqueue_in(delay, *args, **kwargs)
-
-    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
-        """Like ``enqueue``, to run at ``when``, an aware ``datetime`` (a naive one raises ``ValueError``)."""
-        return BoundTask(self, self.defaults).enqueue_at(when, *args, **kwargs)
-
-    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
-        """Enqueue many calls at once (one write for all): ``[(args, kwargs), ...]``; return their jobs."""
-        return self._queue._enqueue(self, self.defaults, _calls(calls))
-
-    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """Enqueue the call once the SQLAlchemy transaction commits; never if it rolls back.
-
-        The session is Flask-SQLAlchemy's ``db.session`` of the current app, or the one given with
-        ``task.options(session=...)``; with no transaction open the job is enqueued at once. Arguments are
-        serialized here, so one JSON cannot carry raises ``TypeError`` now. See ``docs/commit-hooks.md``.
-        """
-        self._queue._enqueue_on_commit(self, self.defaults, args, kwargs)
-
-
-class BoundTask(Generic[P, R]):
-    """A task with per-call options (``task.options(...)``): the same ``enqueue*`` methods."""
-
-    def __init__(self, task: Task[P, R], options: _Options) -> None:
-        self.task = task
-        self._options = options
-
-    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
-        return self.task._queue._enqueue(self.task, self._options, [(args, kwargs)])[0]
-
-    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
-            raise TypeError(f"enqueue_in takes a delay in seconds first, not {delay!r}")
-        options = replace(self._options, delay=max(float(delay), 0.0))
-        return self.task._queue._enqueue(self.task, options, [(args, kwargs)])[0]
-
-    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
-        if not isinstance(when, dt.datetime):
-            raise TypeError(f"enqueue_at takes a datetime first, not {type(when).__name__}")
-        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
-            raise ValueError(
-                f"enqueue_at needs an aware datetime (with a time zone), not {when!r}: a naive one is ambiguous"
-                " between processes; use datetime.now(timezone.utc) + timedelta(...)"
-            )
-        return self.enqueue_in(max(when.timestamp() - time.time(), 0.0), *args, **kwargs)
-
-    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
-        return self.task._queue._enqueue(self.task, self._options, _calls(calls))
-
-    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        self.task._queue._enqueue_on_commit(self.task, self._options, args, kwargs)
-
-
-def _calls(
-    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
-) -> list[tuple[Sequence[Any], Mapping[str, Any]]]:
-    checked = []
-    for index, call in enumerate(calls):
-        if not (isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)):
-            raise TypeError(f"enqueue_many: call {index} must be an (args, kwargs) pair, not {call!r}")
-        args, kwargs = call
-        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-            raise TypeError(f"enqueue_many: call {index}'s args must be a list or tuple, not {args!r}")
-        checked.append((args, kwargs))
-    return checked
-
-
-#: Retry counts are stored as 64-bit integers by the SQL backends.
-_INT64 = 2**63
-#: Priorities must also order exactly as Redis's sorted-set scores, which are doubles: integers of up to 53
-#: bits are exact there.
-_PRIORITY_LIMIT = 2**53
-
-
-def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
-    if not isinstance(queue, str) or not queue:
-        raise ValueError(f"{name}: queue must be a non-empty string, not {queue!r}")
-    if (
-        isinstance(priority, bool)
-        or not isinstance(priority, int)
-        or not -_PRIORITY_LIMIT <= priority <= _PRIORITY_LIMIT
-    ):
-        raise ValueError(
-            f"{name}: priority must be an integer from -2**53 to 2**53 (lower runs first), not {priority!r}"
-        )
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries < _INT64:
-        raise ValueError(
-            f"{name}: retries must be an integer >= 0 (attempts after the first), not {retries!r}"
-        )
-    _check_number(f"{name}: timeout", timeout, strict=True, none=True)
-    return _Options(queue, priority, retries, None if timeout is None else float(timeout))
-
-
 @dataclass(eq=False)
-class _AppState:
-    """What a ``TaskQueue`` keeps per app: its settings, backend and in-process worker."""
+class QueueState:
+    """What a ``TaskQueue`` keeps per app (``tasks.state(app)``): its settings, backend and in-process worker.
+
+    Read it, do not change it: the CLI, the dashboard and the test helpers find the queue's backend and
+    settings here. ``pid`` is the process it belongs to; ``tasks.after_fork(state)`` renews it in a child.
+    """
 
     app: Flask
     #: The ``TaskQueue`` set up on the app: how a dashboard or a test finds it from the app.
@@ -306,26 +96,52 @@ class _AppState:
 class TaskQueue:
     """Background tasks for a Flask app: ``@tasks.task`` functions, run by workers from a backend.
 
-    Every constructor argument is the default of a ``TASK_QUEUE_<NAME>`` config key read in ``init_app``:
-    ``backend`` (URL; default ``sqlite:///flask_queue.sqlite3`` in the instance folder), ``workers`` (threads
-    per process; 0 for none, e.g. with ``flask queue worker``), ``queues`` (names the in-process workers take;
-    ``None`` for all), ``lease`` (seconds), ``result_ttl`` / ``failed_ttl`` (seconds a succeeded / failed job
-    is kept; ``None``: for ever), ``retry_backoff_max``, ``eager`` (run each job inline at enqueue, for
-    tests) and ``shutdown_timeout`` (seconds a drain waits for running jobs at exit).
+    Every constructor argument but ``serializer`` is the default of a ``TASK_QUEUE_<NAME>`` config key read
+    in ``init_app``:
+
+    :param backend: the backend's URL (default: ``sqlite:///flask_queue.sqlite3`` in the instance folder).
+    :param workers: worker threads per web process; 0 for none (with ``flask queue worker``, say).
+    :param queues: the queues the in-process workers take; ``None`` for all.
+    :param lease: seconds a worker holds a job before another may take it (renewed while it runs).
+    :param result_ttl: seconds a succeeded job is kept; ``None``: for ever.
+    :param failed_ttl: seconds a failed job is kept; ``None`` (default): for ever.
+    :param retry_backoff_max: the longest wait before a retry, in seconds.
+    :param eager: run each job inline at enqueue (for tests).
+    :param shutdown_timeout: seconds a drain waits for running jobs at exit.
+    :param serializer: how calls and results are stored (default: JSON).
     """
 
     def __init__(
-        self, app: Flask | None = None, *, serializer: Serializer | None = None, **defaults: Any
+        self,
+        app: Flask | None = None,
+        *,
+        backend: str | None = DEFAULTS["backend"],
+        workers: int = DEFAULTS["workers"],
+        queues: Sequence[str] | str | None = DEFAULTS["queues"],
+        lease: float = DEFAULTS["lease"],
+        result_ttl: float | None = DEFAULTS["result_ttl"],
+        failed_ttl: float | None = DEFAULTS["failed_ttl"],
+        retry_backoff_max: float = DEFAULTS["retry_backoff_max"],
+        eager: bool = DEFAULTS["eager"],
+        shutdown_timeout: float = DEFAULTS["shutdown_timeout"],
+        serializer: Serializer | None = None,
     ) -> None:
-        unknown = set(defaults) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"TaskQueue() got unknown settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-        self.defaults = {**DEFAULTS, **defaults}
+        self.defaults: dict[str, Any] = {
+            "backend": backend,
+            "workers": workers,
+            "queues": queues,
+            "lease": lease,
+            "result_ttl": result_ttl,
+            "failed_ttl": failed_ttl,
+            "retry_backoff_max": retry_backoff_max,
+            "eager": eager,
+            "shutdown_timeout": shutdown_timeout,
+        }
         self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
         self.tasks: dict[str, Task[..., Any]] = {}
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         #: The state of the one app this queue is set up on, while there is only one.
-        self._only: _AppState | None = None
+        self._only: QueueState | None = None
         if app is not None:
             self.init_app(app)
 
@@ -334,7 +150,7 @@ class TaskQueue:
     def init_app(self, app: Flask) -> None:
         """Set up the queue on ``app``: read its config, open its backend. Raises ``RuntimeError`` if done twice,
         ``ConfigurationError`` for a bad setting, ``BackendError`` for a backend it cannot use."""
-        if EXTENSION_KEY in app.extensions:
+        if _keys.TASKS in app.extensions:
             raise RuntimeError(
                 f"a TaskQueue is already set up on app {app.name!r}; init_app runs once per app"
             )
@@ -355,13 +171,13 @@ class TaskQueue:
             retry_backoff_max=settings["retry_backoff_max"],
             immediate_retries=bool(settings["eager"]),
         )
-        state = _AppState(app=app, extension=self, settings=settings, backend=backend, executor=executor)
+        state = QueueState(app=app, extension=self, settings=settings, backend=backend, executor=executor)
         state.no_workers = settings["workers"] == 0 or bool(settings["eager"])
-        app.extensions[EXTENSION_KEY] = state
+        app.extensions[_keys.TASKS] = state
         self._apps.add(app)
         self._only = state if len(self._apps) == 1 else None
         app.before_request(lambda: self._ensure_started(state))
-        from ..cli import queue_command
+        from .cli import queue_command
 
         if "queue" not in app.cli.commands:
             app.cli.add_command(queue_command)
@@ -425,12 +241,17 @@ class TaskQueue:
 
     # -- which app -----------------------------------------------------------------------------------------
 
-    def _state(self, app: Flask | None = None) -> _AppState:
+    def state(self, app: Flask | None = None) -> QueueState:
+        """What this queue keeps for ``app`` (default: the current app, or the only one it is set up on).
+
+        :raises RuntimeError: naming the fix, when the queue is set up on no such app, or on several apps and
+            none is current.
+        """
         only = self._only
         if app is None and only is not None and only.pid == os.getpid():
             return only  # the common case, set up on one app: no context lookup on every enqueue
         if app is None:
-            if has_app_context() and EXTENSION_KEY in current_app.extensions:
+            if has_app_context() and _keys.TASKS in current_app.extensions:
                 app = current_app._get_current_object()  # type: ignore[attr-defined]
             else:
                 apps = list(self._apps)
@@ -441,18 +262,18 @@ class TaskQueue:
                         else "this TaskQueue serves several apps: enqueue inside an app context (with app.app_context())"
                     )
                 app = apps[0]
-        state: _AppState | None = app.extensions.get(EXTENSION_KEY)
+        state: QueueState | None = app.extensions.get(_keys.TASKS)
         if state is None or app not in self._apps:
             raise RuntimeError(
                 f"no TaskQueue is set up on app {app.name!r}: did you forget tasks.init_app(app)?"
             )
         if state.pid != os.getpid():
-            self._after_fork(state)
+            self.after_fork(state)
         return state
 
     def backend(self, app: Flask | None = None) -> Backend:
         """The backend of ``app`` (default: the current app, or the only one)."""
-        return self._state(app).backend
+        return self.state(app).backend
 
     # -- enqueue -------------------------------------------------------------------------------------------
 
@@ -464,23 +285,23 @@ class TaskQueue:
     ) -> list[Job]:
         payloads = [self.serializer.dumps_call(task.name, args, kwargs) for args, kwargs in calls]
         if options.session is not None:
-            return self._store_in_transaction(self._state(), task, options, payloads)
-        return self._store(self._state(), task, options, payloads)
+            return self._store_in_transaction(self.state(), task, options, payloads)
+        return self._store(self.state(), task, options, payloads)
 
     def _enqueue_on_commit(
         self, task: Task[Any, Any], options: _Options, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> None:
         # Imported here: its ImportError names the extra to install.
-        from ..sqlalchemy import on_commit
+        from ..commit_hooks import on_commit
 
         # The arguments are serialized now, so that a bad one raises here in the caller (not out of commit())
         # and a later change to a mutable argument does not change the job.
-        state = self._state()
+        state = self.state()
         payload = self.serializer.dumps_call(task.name, args, kwargs)
         on_commit(lambda: self._store(state, task, options, [payload]), session=options.session)
 
     def _store(
-        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+        self, state: QueueState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
     ) -> list[Job]:
         if not payloads:
             return []
@@ -493,7 +314,7 @@ class TaskQueue:
         return jobs
 
     def _store_in_transaction(
-        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+        self, state: QueueState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
     ) -> list[Job]:
         """The outbox: insert the jobs through the connection of ``options.session``'s transaction.
 
@@ -503,7 +324,7 @@ class TaskQueue:
         # Imported here: SQLAlchemy is an optional extra.
         from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 
-        from ..sqlalchemy import _resolve, on_commit
+        from ..commit_hooks import on_commit, resolve_session
 
         session = options.session
         if isinstance(session, (AsyncSession, async_scoped_session)):
@@ -514,7 +335,7 @@ class TaskQueue:
             )
         if not payloads:
             return []
-        session = _resolve(session)
+        session = resolve_session(session)
         records = self._records(state, task, options, payloads)
         ids = state.backend.enqueue_in_transaction(session.connection(), records)
         for record, job_id in zip(records, ids, strict=True):
@@ -524,7 +345,7 @@ class TaskQueue:
         return jobs
 
     def _records(
-        self, state: _AppState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
+        self, state: QueueState, task: Task[Any, Any], options: _Options, payloads: Sequence[str]
     ) -> list[JobRecord]:
         now = time.time()
         eager = bool(state.settings["eager"])
@@ -543,7 +364,7 @@ class TaskQueue:
             for payload in payloads
         ]
 
-    def _enqueued(self, state: _AppState, jobs: list[Job]) -> None:
+    def _enqueued(self, state: QueueState, jobs: list[Job]) -> None:
         """What follows the storing of jobs: their signals, and a run now in eager mode (else the workers)."""
         if signals.task_enqueued.receivers:
             for job in jobs:
@@ -555,17 +376,17 @@ class TaskQueue:
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id, or ``None`` if there is none (any more)."""
-        backend = self._state().backend
+        backend = self.state().backend
         record = backend.get(job_id)
         return None if record is None else Job(job_id, backend, record)
 
     def size(self, queue: str | None = None) -> int:
         """Jobs ready to run now in ``queue``, or in every queue."""
-        return self._state().backend.size(queue)
+        return self.state().backend.size(queue)
 
     def stats(self) -> dict[str, Any]:
         """Plain data: the backend, ``{queue: {status: count}}`` and this process's workers."""
-        state = self._state()
+        state = self.state()
         worker = state.worker
         return {
             "backend": state.backend.url,
@@ -581,13 +402,13 @@ class TaskQueue:
 
     def start(self, app: Flask | None = None) -> None:
         """Start this process's workers now (they otherwise start at the first request or enqueue)."""
-        self._ensure_started(self._state(app), explicit=True)
+        self._ensure_started(self.state(app), explicit=True)
 
-    def _ensure_started(self, state: _AppState, explicit: bool = False) -> None:
+    def _ensure_started(self, state: QueueState, explicit: bool = False) -> None:
         if state.worker is not None and state.pid == os.getpid():
             return
         if state.pid != os.getpid():
-            self._after_fork(state)
+            self.after_fork(state)
         if state.no_workers or (not explicit and _must_not_start_workers()):
             return
         with state.lock:
@@ -603,7 +424,12 @@ class TaskQueue:
             worker.start()
             state.worker = worker
 
-    def _after_fork(self, state: _AppState) -> None:
+    def after_fork(self, state: QueueState) -> None:
+        """Renew ``state`` in a child process: forget the parent's workers, reopen the backend (once).
+
+        ``state()`` calls it when it notices a fork; a process that forks children itself (the CLI's
+        supervisor) calls it in each child straight away.
+        """
         # The parent's threads do not exist here, and its connections must not be used: start afresh, once
         # (several threads of the child may notice the fork at the same time).
         with _fork_lock:
@@ -611,7 +437,7 @@ class TaskQueue:
                 return
             self._reset(state)
 
-    def _reset(self, state: _AppState) -> None:
+    def _reset(self, state: QueueState) -> None:
         state.pid = os.getpid()
         state.worker = None
         state.lock = threading.Lock()
@@ -620,7 +446,7 @@ class TaskQueue:
     def shutdown(self, timeout: float | None = None, app: Flask | None = None) -> StopReport:
         """Drain and stop this process's workers: running jobs get ``timeout`` seconds (default
         ``shutdown_timeout``) to finish; those still running are given back to the queue."""
-        state = self._state(app)
+        state = self.state(app)
         return _shutdown(state, timeout)
 
     def drain(self, app: Flask | None = None, *, queue: str | None = None) -> int:
@@ -629,9 +455,9 @@ class TaskQueue:
         For tests: jobs run one after the other, retries are due at once, timeouts are not enforced, and jobs
         scheduled for later stay scheduled.
         """
-        return self._drain(self._state(app), queue)
+        return self._drain(self.state(app), queue)
 
-    def _drain(self, state: _AppState, queue: str | None = None) -> int:
+    def _drain(self, state: QueueState, queue: str | None = None) -> int:
         executor = state.executor
         drainer = Executor(**{**executor.__dict__, "immediate_retries": True})
         worker = f"drain:{os.getpid()}:{threading.get_ident()}"
@@ -652,19 +478,15 @@ class TaskQueue:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    if not isinstance(settings["eager"], bool):
-        raise ConfigurationError(f"TASK_QUEUE_EAGER must be True or False, not {settings['eager']!r}")
-    backend = settings["backend"]
-    if backend is not None and (not isinstance(backend, str) or not backend):
-        raise ConfigurationError(f"TASK_QUEUE_BACKEND must be a backend URL or None, not {backend!r}")
-    workers = settings["workers"]
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigurationError(f"TASK_QUEUE_WORKERS must be an integer >= 0, not {workers!r}")
-    _check_number("TASK_QUEUE_LEASE", settings["lease"], minimum=0.0, strict=True)
-    _check_number("TASK_QUEUE_RESULT_TTL", settings["result_ttl"], none=True)
-    _check_number("TASK_QUEUE_FAILED_TTL", settings["failed_ttl"], none=True)
-    _check_number("TASK_QUEUE_RETRY_BACKOFF_MAX", settings["retry_backoff_max"])
-    _check_number("TASK_QUEUE_SHUTDOWN_TIMEOUT", settings["shutdown_timeout"])
+    _checks.flag("TASK_QUEUE_EAGER", settings["eager"])
+    if settings["backend"] is not None:
+        _checks.text("TASK_QUEUE_BACKEND", settings["backend"], what="a backend URL or None")
+    _checks.integer("TASK_QUEUE_WORKERS", settings["workers"], minimum=0)
+    _checks.number("TASK_QUEUE_LEASE", settings["lease"], strict=True)
+    _checks.optional_number("TASK_QUEUE_RESULT_TTL", settings["result_ttl"])
+    _checks.optional_number("TASK_QUEUE_FAILED_TTL", settings["failed_ttl"])
+    _checks.number("TASK_QUEUE_RETRY_BACKOFF_MAX", settings["retry_backoff_max"])
+    _checks.number("TASK_QUEUE_SHUTDOWN_TIMEOUT", settings["shutdown_timeout"])
     queues = settings["queues"]
     if queues is not None:
         if isinstance(queues, str):
@@ -693,14 +515,14 @@ def _must_not_start_workers() -> bool:
     return False
 
 
-def _shutdown(state: _AppState, timeout: float | None) -> StopReport:
+def _shutdown(state: QueueState, timeout: float | None) -> StopReport:
     with state.lock:
         worker, state.worker = state.worker, None
     if worker is None or state.pid != os.getpid():
         report = StopReport()
     else:
         report = worker.stop(state.settings["shutdown_timeout"] if timeout is None else timeout)
-    if isinstance(state.backend, MemoryBackend):
+    if not state.backend.shared:
         report.unfinished = state.backend.pending()
         if report.unfinished:
             log.warning(
@@ -727,10 +549,10 @@ class _AtExit:
     turns it into a normal exit, as gunicorn and waitress do)."""
 
     def __init__(self) -> None:
-        self._states: weakref.WeakSet[_AppState] = weakref.WeakSet()
+        self._states: weakref.WeakSet[QueueState] = weakref.WeakSet()
         self._registered = False
 
-    def add(self, state: _AppState) -> None:
+    def add(self, state: QueueState) -> None:
         self._states.add(state)
         if not self._registered:
             self._registered = True

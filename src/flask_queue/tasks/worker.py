@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from ..exceptions import BackendError, JobTimeout
-from .backends.base import WorkerInfo
-from .job import Job, JobRecord, JobStatus
+from .job import Job
+from .records import JobRecord, JobStatus, WorkerInfo
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from .backends.base import Backend
-    from .queue import Task
     from .serializer import Serializer
+    from .task import Task
 
 __all__ = ["Executor", "StopReport", "Worker"]
 

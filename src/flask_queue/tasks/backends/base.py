@@ -25,19 +25,18 @@ dies stops renewing, its lease lapses, and the next ``dequeue`` hands the job ou
 from __future__ import annotations
 
 import abc
-import json
 import threading
 import time
 from collections.abc import Collection, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
-from ..job import FINISHED, JobRecord, JobStatus, Watcher
+from ..job import Watcher
+from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
 
-__all__ = ["MAX_LOST", "Backend", "WorkerInfo", "hide_query_secrets", "hide_secrets", "scrub"]
+__all__ = ["MAX_LOST", "Backend", "hide_query_secrets", "hide_secrets", "scrub"]
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -96,42 +95,14 @@ def scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-@dataclass
-class WorkerInfo:
-    """A worker's heartbeat: who it is and what it does, as ``flask queue status`` and the dashboard show it.
-
-    A worker process (``flask queue worker``, or a web process's worker threads) beats every few seconds; it
-    counts as alive until ``seen_at + ttl`` and is forgotten when it stops cleanly.
-    """
-
-    #: Unique among the workers of one backend: ``host:pid:token``.
-    name: str
-    host: str
-    pid: int
-    #: The queues it takes; ``None``: every queue.
-    queues: list[str] | None
-    threads: int
-    #: Jobs it runs now, and jobs it finished since it started.
-    running: int
-    processed: int
-    started_at: float
-    seen_at: float
-    #: Seconds after ``seen_at`` during which it counts as alive without another beat.
-    ttl: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> WorkerInfo:
-        return cls(**json.loads(text))
-
-
 class Backend(abc.ABC):
     """Base class of the backends. Subclasses implement the abstract methods and keep the others."""
 
     #: The backend's URL with any password hidden: what messages and the dashboard show.
     url: str = ""
+    #: Whether other processes see its jobs (a file or a server), so that ``flask queue worker`` processes can
+    #: run them and they outlive this process. ``memory://`` is not shared: its jobs die with the process.
+    shared: bool = True
 
     def __init__(self) -> None:
         self._finished_lock = threading.Lock()
@@ -224,6 +195,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[str, dict[str, int]]:
         """``{queue: {status: count}}`` for every status of ``JobStatus``, scheduled apart from queued."""
+
+    def pending(self) -> int:
+        """Jobs not finished (queued, scheduled or running): what is still to do, in every queue."""
+        return sum(
+            count
+            for statuses in self.counts().values()
+            for status, count in statuses.items()
+            if JobStatus(status) not in FINISHED
+        )
 
     @abc.abstractmethod
     def jobs(

@@ -17,13 +17,15 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 
-from ..job import FINISHED, JobRecord, JobStatus
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
+from .base import LOST_ERROR, MAX_LOST, Backend
 
 __all__ = ["MemoryBackend"]
 
 
 class MemoryBackend(Backend):
+    shared = False
+
     def __init__(self, url: str = "memory://") -> None:
         super().__init__()
         self.url = url
@@ -367,7 +369,6 @@ class MemoryBackend(Backend):
         self._token.pop(job_id, None)
 
     def pending(self) -> int:
-        """Jobs not finished (queued, scheduled or running): what exiting now would lose."""
         with self._lock:
             return sum(1 for record in self._jobs.values() if record.status not in FINISHED)
 

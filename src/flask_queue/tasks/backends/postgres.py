@@ -48,12 +48,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 
 from ...exceptions import BackendError, ConfigurationError
-from ..job import JobRecord, JobStatus
-from . import sqlite
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo, hide_secrets, scrub
+from ..records import JobRecord, JobStatus, WorkerInfo
+from . import _sql
+from .base import LOST_ERROR, MAX_LOST, Backend, hide_secrets, scrub
 
 # The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
-from .sqlite import _COLUMNS, _key, _record
 
 __all__ = ["PostgresBackend"]
 
@@ -74,7 +73,7 @@ MAX_DUE = 1024
 
 #: The columns an enqueue gives, in the order ``PostgresBackend._insert`` binds them.
 _INSERTED = ("token", "task", "queue", "payload", "priority", "retries", "timeout", "eta", "enqueued_at")
-_RETURN_J = ", ".join(f"j.{column.strip()}" for column in _COLUMNS.split(","))
+_RETURN_J = ", ".join(f"j.{column.strip()}" for column in _sql.COLUMNS.split(","))
 
 _TABLES = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -124,11 +123,11 @@ def _pyformat(sql: str) -> str:
 
 # The statuses are the SQLite backend's, the same columns read the same way; only the parameter style differs.
 # ``worker`` holds its job until another worker takes it over, even past the lapse of its lease.
-_HELD = _pyformat(sqlite._HELD)
-_UNLEASED = _pyformat(sqlite._UNLEASED)
+_HELD = _pyformat(_sql.HELD)
+_UNLEASED = _pyformat(_sql.UNLEASED)
 _KEY = "seq = %(seq)s AND token = %(token)s"
-_STATUS_SQL = {status: _pyformat(sql) for status, sql in sqlite._STATUS_SQL.items()}
-_EFFECTIVE_STATUS = _pyformat(sqlite._EFFECTIVE_STATUS)
+_STATUS_SQL = {status: _pyformat(sql) for status, sql in _sql.STATUS_SQL.items()}
+_EFFECTIVE_STATUS = _pyformat(_sql.EFFECTIVE_STATUS)
 _PARAM = re.compile(r"%\((\w+)\)s")
 #: Stands for the schema in statements made before it is known: no schema name holds a NUL.
 _SCHEMA_MARK = "\x00schema\x00"
@@ -526,9 +525,9 @@ class PostgresBackend(Backend):
         else:
             sql = self._sql["take_queues"]
             params["queues"] = list(queues)
-        records = [_record(row, now) for row in self._execute(sql, params).fetchall()]
+        records = [_sql.record(row, now) for row in self._execute(sql, params).fetchall()]
         if len(records) > 1:
-            records.sort(key=lambda record: (record.priority, _key(record.id)["seq"]))
+            records.sort(key=lambda record: (record.priority, _sql.key(record.id)["seq"]))
         return records
 
     def _recover(self, now: float) -> None:
@@ -537,7 +536,7 @@ class PostgresBackend(Backend):
         self._execute(self._sql["recover"], {"now": now, "error": LOST_ERROR})
 
     def renew(self, job_id: str, worker: str, lease: float) -> bool:
-        params = {"until": time.time() + lease, "worker": worker, **_key(job_id)}
+        params = {"until": time.time() + lease, "worker": worker, **_sql.key(job_id)}
         return self._execute(self._sql["renew"], params).rowcount > 0
 
     def finish(
@@ -560,12 +559,12 @@ class PostgresBackend(Backend):
             "now": now,
             "expires": expires_at,
             "worker": worker,
-            **_key(job_id),
+            **_sql.key(job_id),
         }
         row = self._execute(self._sql["finish"], params).fetchone()
         if row is None:
             return None
-        record = _record(row, now)
+        record = _sql.record(row, now)
         self.finished_here(record)
         return record
 
@@ -573,7 +572,7 @@ class PostgresBackend(Backend):
         self, worker: str, succeeded: Sequence[tuple[str, str | None, float | None]]
     ) -> list[JobRecord | None]:
         now = time.time()
-        keys = [_key(job_id) for job_id, _, _ in succeeded]
+        keys = [_sql.key(job_id) for job_id, _, _ in succeeded]
         params = {
             "seq": [key["seq"] for key in keys],
             "token": [key["token"] for key in keys],
@@ -583,7 +582,8 @@ class PostgresBackend(Backend):
             "worker": worker,
         }
         done = {
-            row[0]: _record(row, now) for row in self._execute(self._sql["finish_batch"], params).fetchall()
+            row[0]: _sql.record(row, now)
+            for row in self._execute(self._sql["finish_batch"], params).fetchall()
         }
         records = [done.get(key["seq"]) for key in keys]
         for record in records:
@@ -597,18 +597,18 @@ class PostgresBackend(Backend):
     def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
         note = self._note(eta=eta)
         params = {"eta": eta, "error": error, "traceback": traceback, "worker": worker, "channel": self._channel,
-                  "note": note, **_key(job_id)}  # fmt: skip
+                  "note": note, **_sql.key(job_id)}  # fmt: skip
         return self._changed("retry_later", params, note)
 
     def release(self, job_id: str, worker: str) -> bool:
         note = self._note()
-        params = {"worker": worker, "channel": self._channel, "note": note, **_key(job_id)}
+        params = {"worker": worker, "channel": self._channel, "note": note, **_sql.key(job_id)}
         return self._changed("release", params, note)
 
     def requeue(self, job_id: str) -> bool:
         now = time.time()
         note = self._note(eta=now)
-        params = {"now": now, "channel": self._channel, "note": note, **_key(job_id)}
+        params = {"now": now, "channel": self._channel, "note": note, **_sql.key(job_id)}
         return self._changed("requeue", params, note)
 
     def _changed(self, statement: str, params: Mapping[str, Any], note: str) -> bool:
@@ -619,15 +619,15 @@ class PostgresBackend(Backend):
         return True
 
     def get(self, job_id: str) -> JobRecord | None:
-        row = self._execute(self._sql["get"], _key(job_id)).fetchone()
-        return None if row is None else _record(row, time.time())
+        row = self._execute(self._sql["get"], _sql.key(job_id)).fetchone()
+        return None if row is None else _sql.record(row, time.time())
 
     def cancel(self, job_id: str) -> bool:
         now = time.time()
-        row = self._execute(self._sql["cancel"], {"now": now, **_key(job_id)}).fetchone()
+        row = self._execute(self._sql["cancel"], {"now": now, **_sql.key(job_id)}).fetchone()
         if row is None:
             return False
-        self.finished_here(_record(row, now))
+        self.finished_here(_sql.record(row, now))
         return True
 
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
@@ -659,11 +659,11 @@ class PostgresBackend(Backend):
             clauses.append("queue = %(queue)s")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            f"SELECT {_COLUMNS} FROM {self._schema_in_params}.flask_queue_jobs{where}"
+            f"SELECT {_sql.COLUMNS} FROM {self._schema_in_params}.flask_queue_jobs{where}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s"
         )
         params = {"now": now, "queue": queue, "limit": limit, "offset": offset}
-        return [_record(row, now) for row in self._execute(sql, params).fetchall()]
+        return [_sql.record(row, now) for row in self._execute(sql, params).fetchall()]
 
     def expire(self) -> int:
         return self._execute(self._sql["expire"], {"now": time.time()}).rowcount
@@ -727,7 +727,7 @@ def _statements(s: str) -> dict[str, str]:
         "finish": (
             f"UPDATE {jobs} SET status = %(status)s, result = %(result)s, error = %(error)s,"
             " traceback = %(traceback)s, finished_at = %(now)s, expires_at = %(expires)s, lease_until = NULL"
-            f" WHERE {_KEY} AND {_HELD} RETURNING {_COLUMNS}"
+            f" WHERE {_KEY} AND {_HELD} RETURNING {_sql.COLUMNS}"
         ),
         "finish_batch": (
             f"UPDATE {jobs} j SET status = 'succeeded', result = b.result, error = NULL, traceback = NULL,"
@@ -749,10 +749,10 @@ def _statements(s: str) -> dict[str, str]:
             " expires_at = NULL, lease_until = NULL, worker = NULL"
             f" WHERE {_KEY} AND status IN ('failed', 'cancelled') RETURNING {notify}"
         ),
-        "get": f"SELECT {_COLUMNS} FROM {jobs} WHERE {_KEY}",
+        "get": f"SELECT {_sql.COLUMNS} FROM {jobs} WHERE {_KEY}",
         "cancel": (
             f"UPDATE {jobs} SET status = 'cancelled', finished_at = %(now)s"
-            f" WHERE {_KEY} AND status = 'queued' AND {_UNLEASED} RETURNING {_COLUMNS}"
+            f" WHERE {_KEY} AND status = 'queued' AND {_UNLEASED} RETURNING {_sql.COLUMNS}"
         ),
         "size": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]}",
         "size_queue": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]} AND queue = %(queue)s",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import sqlite3
 import threading
 import time
@@ -27,17 +26,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...exceptions import BackendError, ConfigurationError
-from ..job import JobRecord, JobStatus
-from .base import LOST_ERROR, MAX_LOST, Backend, WorkerInfo
+from ..records import JobRecord, JobStatus, WorkerInfo
+from . import _sql
+from .base import LOST_ERROR, MAX_LOST, Backend
 
 __all__ = ["SQLiteBackend"]
 
 T = TypeVar("T")
-
-_COLUMNS = (
-    "seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,"
-    " finished_at, lease_until, worker, result, error, traceback, expires_at, lost"
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flask_queue_jobs (
@@ -305,7 +300,7 @@ class SQLiteBackend(Backend):
             values = {"now": now, "until": now + lease, "worker": worker, "limit": 1, **params}
             row = self._retrying(lambda values=values: db.execute(pick, values).fetchone())  # type: ignore[misc]
             if row is not None:
-                return _record(row, now)
+                return _sql.record(row, now)
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._interrupts != interrupts:
                 return None
@@ -338,8 +333,8 @@ class SQLiteBackend(Backend):
         sql = _take_sql(where)
         values = {"now": now, "until": now + lease, "worker": worker, "limit": limit, **params}
         rows = self._retrying(lambda: db.execute(sql, values).fetchall())
-        records = [_record(row, now) for row in rows]
-        records.sort(key=lambda record: (record.priority, _key(record.id)["seq"]))
+        records = [_sql.record(row, now) for row in rows]
+        records.sort(key=lambda record: (record.priority, _sql.key(record.id)["seq"]))
         return records
 
     def finish_batch(
@@ -349,16 +344,17 @@ class SQLiteBackend(Backend):
         sql = (
             "UPDATE flask_queue_jobs SET status = 'succeeded', result = :result, error = NULL, traceback = NULL,"
             f" finished_at = :now, expires_at = :expires, lease_until = NULL WHERE seq = :seq AND token = :token"
-            f" AND {_HELD} RETURNING {_COLUMNS}"
+            f" AND {_sql.HELD} RETURNING {_sql.COLUMNS}"
         )
         with self._write() as db:
             rows = [
                 db.execute(
-                    sql, {"result": result, "now": now, "expires": expires, "worker": worker, **_key(job_id)}
+                    sql,
+                    {"result": result, "now": now, "expires": expires, "worker": worker, **_sql.key(job_id)},
                 ).fetchone()
                 for job_id, result, expires in succeeded
             ]
-        records = [None if row is None else _record(row, now) for row in rows]
+        records = [None if row is None else _sql.record(row, now) for row in rows]
         for record in records:
             if record is not None:
                 self.finished_here(record)
@@ -377,8 +373,8 @@ class SQLiteBackend(Backend):
     def renew(self, job_id: str, worker: str, lease: float) -> bool:
         return bool(
             self._changed(
-                f"UPDATE flask_queue_jobs SET lease_until = :until WHERE seq = :seq AND token = :token AND {_HELD}",
-                {"until": time.time() + lease, **_key(job_id), "worker": worker},
+                f"UPDATE flask_queue_jobs SET lease_until = :until WHERE seq = :seq AND token = :token AND {_sql.HELD}",
+                {"until": time.time() + lease, **_sql.key(job_id), "worker": worker},
             )
         )
 
@@ -396,8 +392,8 @@ class SQLiteBackend(Backend):
         now = time.time()
         row = self._write_one(
             "UPDATE flask_queue_jobs SET status = :status, result = :result, error = :error, traceback = :tb,"
-            f" finished_at = :now, expires_at = :expires, lease_until = NULL WHERE seq = :seq AND token = :token AND {_HELD}"
-            f" RETURNING {_COLUMNS}",
+            f" finished_at = :now, expires_at = :expires, lease_until = NULL WHERE seq = :seq AND token = :token AND {_sql.HELD}"
+            f" RETURNING {_sql.COLUMNS}",
             {
                 "status": status.value,
                 "result": result,
@@ -405,13 +401,13 @@ class SQLiteBackend(Backend):
                 "tb": traceback,
                 "now": now,
                 "expires": expires_at,
-                **_key(job_id),
+                **_sql.key(job_id),
                 "worker": worker,
             },
         )
         if row is None:
             return None
-        record = _record(row, now)
+        record = _sql.record(row, now)
         self.finished_here(record)
         return record
 
@@ -421,8 +417,8 @@ class SQLiteBackend(Backend):
     def retry_later(self, job_id: str, worker: str, eta: float, error: str, traceback: str) -> bool:
         changed = self._changed(
             "UPDATE flask_queue_jobs SET eta = :eta, error = :error, traceback = :tb, worker = NULL,"
-            f" lease_until = NULL WHERE seq = :seq AND token = :token AND {_HELD}",
-            {"eta": eta, "error": error, "tb": traceback, **_key(job_id), "worker": worker},
+            f" lease_until = NULL WHERE seq = :seq AND token = :token AND {_sql.HELD}",
+            {"eta": eta, "error": error, "tb": traceback, **_sql.key(job_id), "worker": worker},
         )
         self._wake()
         return bool(changed)
@@ -430,8 +426,8 @@ class SQLiteBackend(Backend):
     def release(self, job_id: str, worker: str) -> bool:
         changed = self._changed(
             "UPDATE flask_queue_jobs SET attempts = attempts - 1, worker = NULL, lease_until = NULL"
-            f" WHERE seq = :seq AND token = :token AND {_HELD}",
-            {**_key(job_id), "worker": worker},
+            f" WHERE seq = :seq AND token = :token AND {_sql.HELD}",
+            {**_sql.key(job_id), "worker": worker},
         )
         self._wake()
         return bool(changed)
@@ -447,34 +443,35 @@ class SQLiteBackend(Backend):
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self._read(
-            f"SELECT {_COLUMNS} FROM flask_queue_jobs WHERE seq = :seq AND token = :token", _key(job_id)
+            f"SELECT {_sql.COLUMNS} FROM flask_queue_jobs WHERE seq = :seq AND token = :token",
+            _sql.key(job_id),
         )
-        return None if row is None else _record(row, time.time())
+        return None if row is None else _sql.record(row, time.time())
 
     def cancel(self, job_id: str) -> bool:
         now = time.time()
         row = self._write_one(
             "UPDATE flask_queue_jobs SET status = 'cancelled', finished_at = :now"
-            f" WHERE seq = :seq AND token = :token AND status = 'queued' AND {_UNLEASED} RETURNING {_COLUMNS}",
-            {"now": now, **_key(job_id)},
+            f" WHERE seq = :seq AND token = :token AND status = 'queued' AND {_sql.UNLEASED} RETURNING {_sql.COLUMNS}",
+            {"now": now, **_sql.key(job_id)},
         )
         if row is None:
             return False
-        self.finished_here(_record(row, now))
+        self.finished_here(_sql.record(row, now))
         return True
 
     def requeue(self, job_id: str) -> bool:
         changed = self._changed(
             "UPDATE flask_queue_jobs SET status = 'queued', attempts = 0, lost = 0, eta = :now, finished_at = NULL,"
             " expires_at = NULL, lease_until = NULL, worker = NULL WHERE seq = :seq AND token = :token AND status IN ('failed', 'cancelled')",
-            {"now": time.time(), **_key(job_id)},
+            {"now": time.time(), **_sql.key(job_id)},
         )
         self._wake()
         return bool(changed)
 
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
         chosen = {JobStatus(status) for status in statuses}
-        clauses = [_STATUS_SQL[status] for status in chosen if status is not JobStatus.RUNNING]
+        clauses = [_sql.STATUS_SQL[status] for status in chosen if status is not JobStatus.RUNNING]
         if not clauses:
             return 0
         sql = f"DELETE FROM flask_queue_jobs WHERE ({' OR '.join(clauses)})"
@@ -485,7 +482,7 @@ class SQLiteBackend(Backend):
         return self._changed(sql, params)
 
     def size(self, queue: str | None = None) -> int:
-        sql = f"SELECT count(*) FROM flask_queue_jobs WHERE {_STATUS_SQL[JobStatus.QUEUED]}"
+        sql = f"SELECT count(*) FROM flask_queue_jobs WHERE {_sql.STATUS_SQL[JobStatus.QUEUED]}"
         params: dict[str, Any] = {"now": time.time()}
         if queue is not None:
             sql += " AND queue = :queue"
@@ -510,7 +507,7 @@ class SQLiteBackend(Backend):
         clauses = []
         params: dict[str, Any] = {"now": now, "limit": limit, "offset": offset}
         if status is not None:
-            clauses.append(_STATUS_SQL[status])
+            clauses.append(_sql.STATUS_SQL[status])
         if queue is not None:
             clauses.append("queue = :queue")
             params["queue"] = queue
@@ -518,12 +515,12 @@ class SQLiteBackend(Backend):
         db = self._db()
         rows = self._retrying(
             lambda: db.execute(
-                f"SELECT {_COLUMNS} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT :limit OFFSET :offset",
+                f"SELECT {_sql.COLUMNS} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT :limit OFFSET :offset",
                 params,
             ).fetchall(),
             write=False,
         )
-        return [_record(row, now) for row in rows]
+        return [_sql.record(row, now) for row in rows]
 
     def expire(self) -> int:
         return self._changed(
@@ -559,33 +556,13 @@ _INSERT = (
     " enqueued_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)"
 )
 
-# A leased job is a 'queued' row with a lease that has not lapsed; ``worker`` still holds it (``_HELD``) until
-# another worker takes it over, even past the lapse.
-_LEASED = "(lease_until IS NOT NULL AND lease_until >= :now)"
-_UNLEASED = "(lease_until IS NULL OR lease_until < :now)"
-_HELD = "status = 'queued' AND worker = :worker AND lease_until IS NOT NULL"
-_STATUS_SQL = {
-    JobStatus.QUEUED: f"(status = 'queued' AND eta <= :now AND {_UNLEASED})",
-    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > :now AND {_UNLEASED})",
-    JobStatus.RUNNING: f"(status = 'queued' AND {_LEASED})",
-    JobStatus.SUCCEEDED: "status = 'succeeded'",
-    JobStatus.FAILED: "status = 'failed'",
-    JobStatus.CANCELLED: "status = 'cancelled'",
-}
-_EFFECTIVE_STATUS = (
-    f"CASE WHEN status = 'queued' AND {_LEASED} THEN 'running'"
-    " WHEN status = 'queued' AND eta > :now THEN 'scheduled' ELSE status END"
-)
 # Finished jobs are counted on the flask_queue_finished index without reading a row; only the 'queued' rows,
 # whose effective status depends on their eta and lease, are read.
 _COUNTS = (
     "SELECT queue, status, count(*) FROM flask_queue_jobs WHERE status != 'queued' GROUP BY status, queue"
-    f" UNION ALL SELECT queue, {_EFFECTIVE_STATUS} AS s, count(*) FROM flask_queue_jobs"
+    f" UNION ALL SELECT queue, {_sql.EFFECTIVE_STATUS} AS s, count(*) FROM flask_queue_jobs"
     " WHERE status = 'queued' GROUP BY queue, s"
 )
-
-
-_ID = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})")
 
 
 def _take_sql(where: str) -> str:
@@ -595,18 +572,8 @@ def _take_sql(where: str) -> str:
         f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq IN (SELECT seq FROM"
         f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
         f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT :limit)"
-        f" RETURNING {_COLUMNS}"
+        f" RETURNING {_sql.COLUMNS}"
     )
-
-
-def _key(job_id: str) -> dict[str, int]:
-    """The row of a job id (``<seq>-<token>``): the rowid, and a random token, so that an id whose row was
-    deleted never names a later job given the same rowid. Anything else (another spelling, another type)
-    matches no row."""
-    match = _ID.fullmatch(job_id) if isinstance(job_id, str) else None
-    if match is None:
-        return {"seq": -1, "token": -1}
-    return {"seq": int(match.group(1)), "token": int(match.group(2), 16)}
 
 
 def _queue_filter(queues: Collection[str] | None) -> tuple[str, dict[str, str]]:
@@ -614,33 +581,3 @@ def _queue_filter(queues: Collection[str] | None) -> tuple[str, dict[str, str]]:
         return "", {}
     names = {f"q{n}": name for n, name in enumerate(queues)}
     return f" AND queue IN ({', '.join(':' + key for key in names)})", names
-
-
-def _record(row: Sequence[Any], now: float) -> JobRecord:
-    """The record of a row read at ``now``: a 'queued' row under a live lease is RUNNING."""
-    (seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
-     finished_at, lease_until, worker, result, error, traceback, expires_at, lost) = row  # fmt: skip
-    return JobRecord(
-        id=f"{seq}-{token:08x}",
-        task=task,
-        queue=queue,
-        payload=payload,
-        priority=priority,
-        status=JobStatus.RUNNING
-        if status == "queued" and lease_until is not None and lease_until >= now
-        else JobStatus(status),
-        attempts=attempts,
-        retries=retries,
-        timeout=timeout,
-        eta=eta,
-        enqueued_at=enqueued_at,
-        started_at=started_at,
-        finished_at=finished_at,
-        lease_until=lease_until,
-        worker=worker,
-        result=result,
-        error=error,
-        traceback=traceback,
-        expires_at=expires_at,
-        lost=lost,
-    )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ._live import SERVERS, Client, ServerProcess, start_server
+from tests.servers._live import SERVERS, Client, ServerProcess, start_server
 
 
 def _require(kind: str) -> None:

@@ -28,17 +28,19 @@ import time
 import traceback
 from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .exceptions import BackendError
-from .tasks.backends.memory import MemoryBackend
-from .tasks.job import JobStatus
-from .tasks.queue import EXTENSION_KEY, _AppState
-from .tasks.worker import Worker
+from .. import _keys
+from ..exceptions import BackendError
+from .records import JobStatus
+from .worker import Worker
+
+if TYPE_CHECKING:
+    from .queue import QueueState
 
 __all__ = ["queue_command"]
 
@@ -54,8 +56,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SUPERVISOR_SIGNALS = {*STOP_SIGNALS, signal.SIGCHLD}
 
 
-def _state() -> _AppState:
-    state: _AppState | None = current_app.extensions.get(EXTENSION_KEY)
+def _state() -> QueueState:
+    state: QueueState | None = current_app.extensions.get(_keys.TASKS)
     if state is None:
         raise click.ClickException("this app has no TaskQueue: set one up with TaskQueue(app)")
     # Commands never start the web process's in-process workers (a task enqueued here runs in a worker).
@@ -120,7 +122,7 @@ def worker_command(
         with _stop_on(stop):
             _run_worker(state, options, stop)
         return
-    if isinstance(state.backend, MemoryBackend):
+    if not state.backend.shared:
         raise click.UsageError(
             "--processes needs a backend the processes share (sqlite, redis or postgresql), not memory://"
         )
@@ -129,7 +131,7 @@ def worker_command(
         raise SystemExit(code)
 
 
-def _run_worker(state: _AppState, options: _WorkerOptions, stop: threading.Event) -> None:
+def _run_worker(state: QueueState, options: _WorkerOptions, stop: threading.Event) -> None:
     """Run a ``Worker`` in this process until ``stop`` is set (or, with ``burst``, until it is idle), then
     drain it."""
     worker = Worker(
@@ -202,7 +204,7 @@ class _Slot:
 class _Supervisor:
     """Forks ``processes`` worker processes from this one and keeps them running (see the module's doc)."""
 
-    def __init__(self, state: _AppState, options: _WorkerOptions, processes: int) -> None:
+    def __init__(self, state: QueueState, options: _WorkerOptions, processes: int) -> None:
         self.state = state
         self.options = options
         self.slots = [_Slot() for _ in range(processes)]
@@ -323,7 +325,7 @@ class _Supervisor:
                 signal.signal(sig, lambda *_: stop.set())
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             # The backend's connections are the parent's: after_fork makes new ones for this process.
-            self.state.extension._after_fork(self.state)
+            self.state.extension.after_fork(self.state)
             _run_worker(self.state, self.options, stop)
             code = 0
         except BaseException:

@@ -2,7 +2,7 @@
 
 ::
 
-    from flask_queue.metrics import Metrics
+    from flask_queue.dashboard.metrics import Metrics
 
     Metrics(app, path="/metrics")       # QUEUE_METRICS_PATH; needs the extra: pip install flask-queue[metrics]
 
@@ -41,9 +41,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from flask import Response, current_app, request
 
-from . import signals
-from .tasks.job import JobStatus
-from .tasks.queue import EXTENSION_KEY as TASK_QUEUE_KEY
+from .. import _checks, _keys, signals
+from ..tasks import JobStatus
 
 try:
     from prometheus_client import (
@@ -59,17 +58,16 @@ try:
     from prometheus_client.registry import Collector
 except ImportError as error:  # pragma: no cover - depends on the installed extras
     raise ImportError(
-        "flask_queue.metrics needs prometheus_client: pip install flask-queue[metrics]"
+        "flask_queue.dashboard.metrics needs prometheus_client: pip install flask-queue[metrics]"
     ) from error
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .tasks.backends.base import Backend
+    from ..tasks.backends import Backend
 
 __all__ = ["ENDPOINT", "Metrics"]
 
-EXTENSION_KEY: Final = "flask-queue.metrics"
 #: The endpoint name of the metrics view: ``queue.exempt(ENDPOINT)`` keeps it out of the request queue.
 ENDPOINT: Final = "flask_queue_metrics"
 DEFAULT_PATH: Final = "/metrics"
@@ -94,14 +92,14 @@ class Metrics:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        if EXTENSION_KEY in app.extensions:
+        if _keys.METRICS in app.extensions:
             raise RuntimeError(f"Metrics are already set up on app {app.name!r}; init_app runs once per app")
-        path = app.config.setdefault("QUEUE_METRICS_PATH", self.path)
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"QUEUE_METRICS_PATH must be a path such as '/metrics', not {path!r}")
+        path = _checks.url_path(
+            "QUEUE_METRICS_PATH", app.config.setdefault("QUEUE_METRICS_PATH", self.path), example="/metrics"
+        )
         recorder = _Recorder(multiprocess=bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
         recorder.connect(app)
-        app.extensions[EXTENSION_KEY] = recorder
+        app.extensions[_keys.METRICS] = recorder
         app.add_url_rule(path, endpoint=ENDPOINT, view_func=_metrics_view, methods=["GET"])
 
 
@@ -221,8 +219,8 @@ class _Exposition(Collector):
 
 def _metrics_view() -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    recorder: _Recorder = app.extensions[EXTENSION_KEY]
-    state = app.extensions.get(TASK_QUEUE_KEY)
+    recorder: _Recorder = app.extensions[_keys.METRICS]
+    state = app.extensions.get(_keys.TASKS)
     # Through the extension, not ``state.backend``: it reopens the backend in a child after a fork.
     backend = None if state is None else state.extension.backend(app)
     registry = CollectorRegistry(auto_describe=False)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-from ._types import WSGIEnvironment
+from .._types import WSGIEnvironment
 
 _EPOCH_2000 = 946_684_800.0  # 2000-01-01T00:00:00Z in Unix seconds
 # (divisor to seconds, smallest plausible raw value in that unit), largest unit first.

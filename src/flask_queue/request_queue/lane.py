@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .exceptions import ConfigurationError
+from .. import _checks
 
 #: Why a request was rejected.
 REASONS = ("full", "timeout", "too_old", "shed", "disconnected")
@@ -91,18 +91,6 @@ def _percentiles_ms(samples: Iterable[float]) -> dict[str, float | None]:
     }
 
 
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 class Lane:
     """A concurrency limit with a bounded waiting line, per process.
 
@@ -125,13 +113,11 @@ class Lane:
         max_age: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a lane needs a non-empty name, got {name!r}")
-        self.name = name
-        self.concurrency = _int_at_least("concurrency", concurrency, 1)
-        self.max_queue_size = _int_at_least("max_queue_size", max_queue_size, 0)
-        self.queue_timeout = _positive_seconds("queue_timeout", queue_timeout)
-        self.max_age = None if max_age is None else _positive_seconds("max_age", max_age)
+        self.name = _checks.text("a lane's name", name)
+        self.concurrency = _checks.integer("concurrency", concurrency, minimum=1)
+        self.max_queue_size = _checks.integer("max_queue_size", max_queue_size, minimum=0)
+        self.queue_timeout = _checks.number("queue_timeout", queue_timeout, strict=True)
+        self.max_age = _checks.optional_number("max_age", max_age, strict=True)
         self._clock = clock
         self._lock = threading.Lock()
         self._running = 0
@@ -308,7 +294,7 @@ class Lane:
 
         For a waiter that holds no thread (WSGI+): the callback runs in the thread that hands the slot over,
         after the lane's lock is released, so it must be quick and must not block. A waiter that runs out of
-        time is not called back: its owner ``abandon``s it. Never called twice for one wait.
+        time is not called back: its owner calls ``abandon`` on it. Never called twice for one wait.
         """
         with self._lock:
             if ticket.state == WAITING:

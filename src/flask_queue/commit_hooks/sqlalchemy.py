@@ -1,32 +1,4 @@
-"""Commit hooks: run a function once the SQLAlchemy transaction that asked for it has committed.
-
-Django's ``transaction.on_commit`` for SQLAlchemy 2, savepoint-correct::
-
-    from flask_queue.sqlalchemy import capture_on_commit, on_commit
-
-    froggy.colour = "bright_pink"
-    on_commit(partial(log.info, "Froggy colour updated: %s", froggy.id))          # stage 0: log lines
-    on_commit(partial(send_mail, "Froggy colour updated"), stage=1, robust=True)  # stage 1: emails
-    db.session.commit()   # commits, then runs the log line, then the email
-
-- A hook runs after the outermost transaction of its session commits, never after a rollback. A hook
-  registered inside a SAVEPOINT (``begin_nested``) that is rolled back is dropped with those of any deeper
-  savepoint; one inside a released savepoint waits for the outer commit.
-- Hooks run in registration order within a ``stage``, and stages in ascending order.
-- With no transaction open the hook runs at once. A Session begins its transaction when first used
-  (autobegin: a query, ``add()``, a change to a loaded object), so after any of these the hook waits for
-  the commit: a side effect never runs before the changes it reports are committed.
-- ``robust=False`` (the default): a hook that raises skips the rest of that commit's hooks and its exception
-  comes out of ``commit()``, after the commit. ``robust=True``: the error is logged with its traceback at
-  ERROR on the ``flask_queue.sqlalchemy`` logger and the next hook runs. Either way the session is usable.
-- A hook that registers a hook while hooks run (with no new transaction open) adds it to the same pass:
-  after the hooks already queued in its stage, before later stages.
-- Hooks are kept per session transaction, so threads (each with its own session from a ``scoped_session``),
-  requests and transactions never share them.
-
-``session`` may be a ``Session``, a ``scoped_session`` (its session for the current thread or scope), an
-``AsyncSession`` or ``async_scoped_session`` (hooks go on its ``sync_session`` and run inside
-``await session.commit()``), or ``None``: Flask-SQLAlchemy's ``db.session`` of the current app.
+"""Commit hooks on SQLAlchemy 2's session events; the API and its semantics are ``flask_queue.commit_hooks``'s.
 
 The listeners are installed once per process, on ``sqlalchemy.orm.Session`` (so every session class and
 sessionmaker inherits them), at the first ``on_commit`` or ``capture_on_commit``. A commit with no hook
@@ -51,7 +23,7 @@ try:
     from sqlalchemy.orm.session import SessionTransactionOrigin
 except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        "flask_queue.sqlalchemy needs SQLAlchemy 2: pip install flask-queue[sqlalchemy]"
+        "flask_queue.commit_hooks needs SQLAlchemy 2: pip install flask-queue[sqlalchemy]"
     ) from error
 
 if TYPE_CHECKING:
@@ -61,9 +33,9 @@ if TYPE_CHECKING:
 
     SessionLike: TypeAlias = Session | scoped_session[Any] | AsyncSession | async_scoped_session[Any]
 
-__all__ = ["capture_on_commit", "on_commit"]
+__all__ = ["capture_on_commit", "on_commit", "resolve_session"]
 
-logger: Final = logging.getLogger(__name__)
+logger: Final = logging.getLogger("flask_queue.commit_hooks")
 
 # A hook as it waits: (stage, sequence, function, robust, capture). The sequence is unique and grows in
 # registration order, so a heap of these runs stages in ascending order and each stage in registration
@@ -234,7 +206,7 @@ def _flask_sqlalchemy_session() -> Session:
             f"on_commit() was given no session and the app {current_app.name!r} has no Flask-SQLAlchemy"
             " extension: pass session=..., or register Flask-SQLAlchemy with db.init_app(app)."
         )
-    return _resolve(extension.session)
+    return resolve_session(extension.session)
 
 
 def _flask_sqlalchemy_available() -> bool:
@@ -243,19 +215,24 @@ def _flask_sqlalchemy_available() -> bool:
     return has_app_context() and "sqlalchemy" in current_app.extensions
 
 
-def _resolve(session: SessionLike | None) -> Session:
-    """The ``Session`` whose transactions carry the hooks."""
+def resolve_session(session: SessionLike | None) -> Session:
+    """The ``Session`` whose transactions carry the hooks of ``session``.
+
+    ``session`` is a ``Session``, a ``scoped_session`` (its session for the current scope), an ``AsyncSession``
+    or ``async_scoped_session`` (its ``sync_session``), or ``None`` (Flask-SQLAlchemy's ``db.session`` of the
+    current app). Raises ``TypeError`` for anything else, ``RuntimeError`` when ``None`` finds no session.
+    """
     if isinstance(session, Session):
         return session
     if session is None:
         return _flask_sqlalchemy_session()
     if isinstance(session, scoped_session):
-        return _resolve(session())
+        return resolve_session(session())
     sync_session = getattr(session, "sync_session", None)  # AsyncSession
     if isinstance(sync_session, Session):
         return sync_session
     if callable(session) and hasattr(session, "registry"):  # async_scoped_session
-        return _resolve(session())
+        return resolve_session(session())
     raise TypeError(
         "session= must be a SQLAlchemy Session, scoped_session, AsyncSession or async_scoped_session,"
         f" not {type(session).__name__}"
@@ -337,13 +314,13 @@ def _capture(
             taker = capture
             break
         if resolved is None:
-            resolved = _resolve(session)
-        if _resolve(capture.target) is resolved:
+            resolved = resolve_session(session)
+        if resolve_session(capture.target) is resolved:
             taker = capture
             break
     # A catch-all capture needs no session: code under test may call on_commit() outside an app context.
     if resolved is None and (session is not None or _flask_sqlalchemy_available()):
-        resolved = _resolve(session)
+        resolved = resolve_session(session)
     hook: _Hook = (stage, next(_sequence), func, robust, taker)
     if taker is not None:
         taker.take(hook)
@@ -386,7 +363,7 @@ def on_commit(
     if captures:
         _capture(func, session, robust, stage, captures)
         return
-    _register(_resolve(session), (stage, next(_sequence), func, robust, None))
+    _register(resolve_session(session), (stage, next(_sequence), func, robust, None))
 
 
 @contextmanager

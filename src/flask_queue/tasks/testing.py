@@ -2,7 +2,7 @@
 
 ::
 
-    from flask_queue.testing import capture_on_commit, drain_tasks, eager_tasks
+    from flask_queue.tasks.testing import capture_on_commit, drain_tasks, eager_tasks
 
     def test_signup_sends_mail(app, client):
         with eager_tasks(app):                      # jobs run inline, at enqueue
@@ -12,7 +12,7 @@
         report.enqueue()
         assert drain_tasks(app) == 1                 # run what is queued, here and now
 
-``capture_on_commit`` is ``flask_queue.sqlalchemy.capture_on_commit`` (it needs the ``sqlalchemy`` extra).
+``capture_on_commit`` is ``flask_queue.commit_hooks.capture_on_commit`` (it needs the ``sqlalchemy`` extra).
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .tasks.queue import EXTENSION_KEY, _AppState
+from .. import _keys
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .sqlalchemy import capture_on_commit
+    from ..commit_hooks import capture_on_commit
+    from .queue import QueueState
 
 __all__ = ["capture_on_commit", "drain_tasks", "eager_tasks"]
 
 
-def _state(app: Flask) -> _AppState:
-    state: _AppState | None = app.extensions.get(EXTENSION_KEY)
+def _state(app: Flask) -> QueueState:
+    state: QueueState | None = app.extensions.get(_keys.TASKS)
     if state is None:
         raise RuntimeError(f"no TaskQueue is set up on app {app.name!r}: did you forget tasks.init_app(app)?")
     return state
@@ -58,7 +59,7 @@ def drain_tasks(app: Flask, queue: str | None = None) -> int:
 
 def __getattr__(name: str) -> Any:
     if name == "capture_on_commit":
-        from .sqlalchemy import capture_on_commit
+        from ..commit_hooks import capture_on_commit
 
         return capture_on_commit
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,31 +1,18 @@
-"""Request queue: admission control in front of a WSGI application.
+"""``RequestQueueMiddleware``: admission control in front of any WSGI application.
 
 At most ``concurrency`` requests of a lane run at once in the process; up to ``max_queue_size`` more wait
 for a slot, the more important priority classes first and in arrival order within a class; the rest, and
 those that waited ``queue_timeout`` seconds, are answered at once with 503 (or 429) and a ``Retry-After``
 header instead of piling up in front of busy threads. Time a request spent before the app saw it, from an
-``X-Request-Start`` or ``X-Queue-Start`` header, counts as waiting.
+``X-Request-Start`` or ``X-Queue-Start`` header, counts as waiting::
 
-Any WSGI application::
-
-    from flask_queue import RequestQueueMiddleware
+    from flask_queue.request_queue import RequestQueueMiddleware
 
     app.wsgi_app = RequestQueueMiddleware(app.wsgi_app, concurrency=4, max_queue_size=10, queue_timeout=5.0)
 
-A Flask application, with per-endpoint lanes (``REQUEST_QUEUE_*`` config keys override the arguments)::
-
-    from flask_queue import RequestQueue
-
-    queue = RequestQueue(app, concurrency=4, max_queue_size=10, queue_timeout=5.0)
-    queue.lane("reports", concurrency=1, max_queue_size=5, queue_timeout=30.0)
-
-    @app.get("/report")
-    @queue.limit("reports")
-    def report(): ...
-
-    @app.get("/health")
-    @queue.exempt
-    def health(): ...
+Under a WSGI+ server (the environ carries ``wsgi_plus.version``) a request that has to wait holds no thread:
+its response yields a Future that resolves when the lane decides (the slot is handed over, or the request is
+shed) or its deadline passes, and the server parks it meanwhile. Elsewhere it waits on the lane's lock.
 
 Limits are per process: with several server processes each has its own queue. The server must have more
 threads than the lanes' concurrency for requests to wait here rather than in the server's own backlog; see
@@ -34,35 +21,29 @@ threads than the lanes' concurrency for requests to wait here rather than in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import sys
-import weakref
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Final
 
 from blinker import NamedSignal
-from flask import Blueprint
 from werkzeug.datastructures import MIMEAccept
-from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_accept_header
-from werkzeug.routing import MapAdapter
 
-from . import signals
-from ._lane import ADMITTED, REJECTED, WAITING, Lane, Ticket
-from ._request_start import upstream_wait
-from ._types import OptExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
-from ._wsgiplus_iter import forward
-from .exceptions import ConfigurationError
+from .. import _checks, signals
+from .._types import OptExcInfo, StartResponse, WSGIApplication, WSGIEnvironment
+from ..exceptions import ConfigurationError
+from ..wsgiplus import call_later, forward, is_wsgi_plus
+from .lane import ADMITTED, REJECTED, WAITING, Lane, Ticket
+from .request_start import upstream_wait
 
-if TYPE_CHECKING:
-    from flask import Flask
-    from flask.typing import ResponseReturnValue
+__all__ = ["DEFAULTS", "DEFAULT_LANE", "EXEMPT", "RequestQueueMiddleware"]
 
-__all__ = ["DEFAULT_LANE", "EXEMPT", "Lane", "RequestQueue", "RequestQueueMiddleware"]
-
-log = logging.getLogger("flask_queue.admission")
+log = logging.getLogger("flask_queue.request_queue")
 
 #: Name of the lane every request goes to unless told otherwise.
 DEFAULT_LANE: Final = "default"
@@ -93,9 +74,8 @@ Classifier = Callable[[WSGIEnvironment], int]
 #: ``reject_response(environ, reason, retry_after)`` returns the WSGI application that answers a rejection.
 RejectResponse = Callable[[WSGIEnvironment, str, int], WSGIApplication]
 
-T = TypeVar("T")  # what @limit and @exempt mark: a view function, an endpoint name or a Blueprint
-
-_DEFAULTS: Final[dict[str, Any]] = {
+#: The default of every setting of the queue (and of its default lane).
+DEFAULTS: Final[dict[str, Any]] = {
     "concurrency": 4,
     "max_queue_size": 10,
     "queue_timeout": 5.0,
@@ -105,20 +85,6 @@ _DEFAULTS: Final[dict[str, Any]] = {
 
 
 _LANE_LIMITS: Final = frozenset({"concurrency", "max_queue_size", "queue_timeout", "max_age"})
-
-C = TypeVar("C", bound=Callable[..., Any])
-
-
-def _check_callable(name: str, func: C | None) -> C | None:
-    if func is not None and not callable(func):
-        raise ConfigurationError(f"{name} must be a callable or None, got {func!r}")
-    return func
-
-
-def _check_status(status: object) -> int:
-    if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-        raise ConfigurationError(f"status must be an HTTP error status from 400 to 599, got {status!r}")
-    return status
 
 
 class _Release:
@@ -230,11 +196,11 @@ class RequestQueueMiddleware:
         self,
         app: WSGIApplication,
         *,
-        concurrency: int = _DEFAULTS["concurrency"],
-        max_queue_size: int = _DEFAULTS["max_queue_size"],
-        queue_timeout: float = _DEFAULTS["queue_timeout"],
-        max_age: float | None = _DEFAULTS["max_age"],
-        status: int = _DEFAULTS["status"],
+        concurrency: int = DEFAULTS["concurrency"],
+        max_queue_size: int = DEFAULTS["max_queue_size"],
+        queue_timeout: float = DEFAULTS["queue_timeout"],
+        max_age: float | None = DEFAULTS["max_age"],
+        status: int = DEFAULTS["status"],
         classify: Classifier | None = None,
         lanes: dict[str, dict[str, Any]] | None = None,
         select_lane: LaneSelector | None = None,
@@ -242,10 +208,12 @@ class RequestQueueMiddleware:
         signal_sender: object = None,
     ) -> None:
         self.app = app
-        self.status = _check_status(status)
+        self.status = _checks.integer(
+            "status", status, minimum=400, maximum=599, hint=" (an HTTP error status)"
+        )
         self._status_line = f"{status} {HTTP_STATUS_CODES.get(status, 'Rejected')}"
-        self.classify = _check_callable("classify", classify)
-        self.select_lane = _check_callable("select_lane", select_lane)
+        self.classify = _checks.function("classify", classify)
+        self.select_lane = _checks.function("select_lane", select_lane)
         self.reject_response = reject_response
         self.signal_sender = self if signal_sender is None else signal_sender
         default = Lane(
@@ -327,10 +295,8 @@ class RequestQueueMiddleware:
         # BaseException, KeyboardInterrupt while waiting, the app itself) must give the ticket up.
         try:
             if ticket.state == WAITING:
-                if "wsgi_plus.version" in environ:  # a WSGI+ server: wait parked, holding no thread
-                    from ._admission_wsgiplus import wait_for_slot
-
-                    return wait_for_slot(self, environ, start_response, lane, ticket, priority)
+                if is_wsgi_plus(environ):  # a WSGI+ server: wait parked, holding no thread
+                    return self._wait_parked(environ, start_response, lane, ticket, priority)
                 if signals.request_queued.receivers:
                     self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
                 lane.wait(ticket)
@@ -345,6 +311,74 @@ class RequestQueueMiddleware:
         if type(iterable) is list:  # the common case, inlined: a computed body the server cannot wrap
             return _ListRelease(iterable, lane, ticket)
         return _released_on_close(iterable, environ, lane, ticket)
+
+    def _wait_parked(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        lane: Lane,
+        ticket: Ticket,
+        priority: int,
+    ) -> Generator[Any, Any, None]:
+        """The response of a WAITING ticket under WSGI+: park until admitted or rejected, then respond.
+
+        The deadline is a timer on the process's event loop, so no thread waits for it either. A waiter whose
+        client leaves is closed by the server while parked, and is withdrawn, counted as ``disconnected``.
+        """
+        decided: Future[None] = Future()
+
+        def decide() -> None:
+            # The server may have cancelled the future (client gone, suspend timeout): nothing to resolve then.
+            with contextlib.suppress(InvalidStateError):
+                decided.set_result(None)
+
+        cancel_timer: Callable[[], None] | None = None
+        try:
+            if signals.request_queued.receivers:
+                self._send(signals.request_queued, lane=lane.name, priority=priority, environ=environ)
+            lane.call_when_decided(ticket, decide)
+            if not decided.done():
+                seconds, reason = lane.time_left(ticket)
+
+                def expire() -> None:
+                    if lane.abandon(ticket, reason):
+                        decide()
+
+                cancel_timer = call_later(max(0.0, seconds), expire)
+                yield decided
+            if ticket.state == ADMITTED and _client_gone(environ):
+                lane.withdraw(ticket, "disconnected")
+        except GeneratorExit:
+            # Closed while parked: the client left, or the server gave up on the request.
+            if not lane.abandon(ticket, "disconnected"):
+                lane.withdraw(ticket, "disconnected")
+            raise
+        except BaseException:
+            lane.cancel(ticket)
+            raise
+        finally:
+            if cancel_timer is not None:
+                cancel_timer()
+        assert ticket.state != WAITING
+        if ticket.state == REJECTED:
+            body = self._reject(environ, start_response, lane, ticket)
+            try:
+                yield from forward(body)
+            finally:
+                _close(body)
+            return
+        try:
+            iterable = self._call_admitted(environ, start_response, lane, ticket)
+        except BaseException:
+            lane.cancel(ticket)
+            raise
+        try:
+            yield from forward(iterable)
+        finally:
+            try:
+                _close(iterable)
+            finally:
+                lane.release(ticket)
 
     def _lane(self, environ: WSGIEnvironment) -> Lane | None:
         """The request's lane by ``select_lane``; ``None`` when exempt. Never raises: see ``_callback_failed``."""
@@ -485,267 +519,6 @@ def _wants_json(accept_header: str | None) -> bool:
     return json_quality > 0 and json_quality >= text_quality
 
 
-EXTENSION_KEY: Final = "flask-queue.request-queue"
-_LANE_ATTR: Final = "_flask_queue_lane"
-_ROUTE_CACHE_SIZE: Final = 4096
-_ADAPTER_CACHE_SIZE: Final = 256
-
-
-class RequestQueue:
-    """Admission control for a Flask application, with per-endpoint lanes and priority classes.
-
-    Constructor arguments are the defaults; the ``REQUEST_QUEUE_CONCURRENCY``, ``..._MAX_QUEUE_SIZE``,
-    ``..._QUEUE_TIMEOUT``, ``..._MAX_AGE``, ``..._STATUS`` and ``..._CLASSIFY`` config keys override them,
-    read once in ``init_app``. ``init_app`` wraps ``app.wsgi_app`` in a ``RequestQueueMiddleware``, so the
-    queue sits in front of Flask's routing and request context: a rejection costs almost nothing.
-    """
-
-    def __init__(
-        self,
-        app: Flask | None = None,
-        *,
-        concurrency: int = _DEFAULTS["concurrency"],
-        max_queue_size: int = _DEFAULTS["max_queue_size"],
-        queue_timeout: float = _DEFAULTS["queue_timeout"],
-        max_age: float | None = _DEFAULTS["max_age"],
-        status: int = _DEFAULTS["status"],
-        classify: Classifier | None = None,
-    ) -> None:
-        self._defaults: dict[str, Any] = {
-            "concurrency": concurrency,
-            "max_queue_size": max_queue_size,
-            "queue_timeout": queue_timeout,
-            "max_age": max_age,
-            "status": status,
-            "classify": classify,
-        }
-        # Checks the settings and lanes now, not at the first init_app, with the middleware's own checks.
-        self._checks = RequestQueueMiddleware(_no_app, **self._defaults)
-        self._lanes: dict[str, dict[str, Any]] = {}
-        self._reject_response: Callable[[str, int], ResponseReturnValue] | None = None
-        self._marks = 0  # how many times a view, endpoint or blueprint was given a lane or made exempt
-        self._endpoint_lanes: dict[str, str | _Exempt] = {}
-        self._blueprint_lanes: dict[object, str | _Exempt] = {}  # Blueprint -> lane
-        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()  # set up by init_app; never kept alive here
-        if app is not None:
-            self.init_app(app)
-
-    def init_app(self, app: Flask) -> None:
-        """Put the request queue in front of ``app``; raises ``RuntimeError`` if it already has one."""
-        if EXTENSION_KEY in app.extensions:
-            raise RuntimeError(
-                "This app already has a RequestQueue; a second one would queue every request twice."
-            )
-        settings = {}
-        for name, default in self._defaults.items():
-            settings[name] = app.config.setdefault(f"REQUEST_QUEUE_{name.upper()}", default)
-        try:
-            middleware = RequestQueueMiddleware(
-                app.wsgi_app,
-                select_lane=self._lane_selector(app),
-                reject_response=None
-                if self._reject_response is None
-                else _flask_rejection(app, self._reject_response),
-                signal_sender=app,
-                **settings,
-            )
-        except ConfigurationError as error:
-            raise ConfigurationError(f"{error} (from REQUEST_QUEUE_* config or RequestQueue())") from None
-        for name, limits in self._lanes.items():
-            middleware.add_lane(name, **limits)
-        app.wsgi_app = middleware  # type: ignore[method-assign]
-        app.extensions[EXTENSION_KEY] = middleware
-        self._apps.add(app)
-
-    def lane(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        max_queue_size: int | None = None,
-        queue_timeout: float | None = None,
-        max_age: float | _Unset | None = _UNSET,
-    ) -> None:
-        """Define a lane with its own limits; a limit left out is the default lane's (per app).
-
-        Define a lane before naming it in ``@limit``. ``max_age=None`` turns the age limit off for the lane.
-
-        :raises ConfigurationError: for an invalid limit, the name ``"default"`` or a name in use.
-        """
-        if name == DEFAULT_LANE:
-            raise ConfigurationError(
-                "the default lane is set by RequestQueue(...) and the REQUEST_QUEUE_* config keys, not lane()"
-            )
-        limits: dict[str, Any] = {
-            "concurrency": concurrency,
-            "max_queue_size": max_queue_size,
-            "queue_timeout": queue_timeout,
-            "max_age": max_age,
-        }
-        self._checks.add_lane(name, **limits)  # raises for an invalid limit, naming the lane
-        self._lanes[name] = limits
-        for app in self._apps:
-            self.middleware(app).add_lane(name, **limits)
-
-    def limit(self, lane: str) -> Callable[[T], T]:
-        """Admit the requests of a view through ``lane``: a decorator, also for an endpoint or a blueprint.
-
-        ``@queue.limit("reports")`` on a view (above or below the route decorator);
-        ``queue.limit("reports")("export_csv")`` for an endpoint by name; ``queue.limit("api")(bp)`` for every
-        view of a blueprint (and of the blueprints nested in it). A view's own mark wins over its blueprint's.
-
-        :raises ConfigurationError: (a ``ValueError``) when ``lane`` was not defined with ``lane()``.
-        """
-        if lane != DEFAULT_LANE and lane not in self._lanes:
-            known = ", ".join(repr(name) for name in [DEFAULT_LANE, *self._lanes])
-            raise ConfigurationError(
-                f"unknown lane {lane!r}: define it with queue.lane({lane!r}, ...) before @limit (lanes: {known})"
-            )
-        return lambda target: self._mark(target, lane)
-
-    def exempt(self, target: T) -> T:
-        """Never queue nor reject the requests of a view, an endpoint or a blueprint (health checks, metrics).
-
-        ``@queue.exempt`` on a view; ``queue.exempt("static")`` for an endpoint by name, such as Flask's own
-        static files; ``queue.exempt(bp)`` for every view of a blueprint.
-        """
-        return self._mark(target, EXEMPT)
-
-    def _mark(self, target: T, lane: str | _Exempt) -> T:
-        if isinstance(target, str):
-            self._endpoint_lanes[target] = lane
-        elif isinstance(target, Blueprint):
-            self._blueprint_lanes[target] = lane  # by object: its endpoints' prefix depends on registration
-        elif callable(target):
-            setattr(target, _LANE_ATTR, lane)
-        else:
-            raise TypeError(f"expected a view function, an endpoint name or a Blueprint, got {target!r}")
-        self._marks += 1
-        return target
-
-    def classify(self, func: Classifier) -> Classifier:
-        """Decorate ``func(environ) -> int``, the priority class of each request (lower is served first).
-
-        It runs before routing, for every queued request, so keep it cheap (read a header or a path prefix).
-        Applies to apps set up from now on unless ``REQUEST_QUEUE_CLASSIFY`` says otherwise, and to those
-        already set up.
-        """
-        self._defaults["classify"] = func
-        for app in self._apps:
-            self.middleware(app).classify = func
-        return func
-
-    def reject_response(
-        self, func: Callable[[str, int], ResponseReturnValue]
-    ) -> Callable[[str, int], ResponseReturnValue]:
-        """Decorate ``func(reason, retry_after)`` that builds the response for a rejected request.
-
-        It runs inside a request context, so ``request`` and ``jsonify`` work, and returns anything a view
-        may return. The status stays what ``func`` returns; ``Retry-After`` is added when it sets none.
-        """
-        self._reject_response = func
-        for app in self._apps:
-            self.middleware(app).reject_response = _flask_rejection(app, func)
-        return func
-
-    def stats(self, app: Flask | None = None) -> dict[str, Any]:
-        """The request queue's figures for ``app`` (default: the current app); see ``RequestQueueMiddleware.stats``."""
-        return self.middleware(app).stats()
-
-    @staticmethod
-    def middleware(app: Flask | None = None) -> RequestQueueMiddleware:
-        """The middleware installed for ``app`` (default: the current app)."""
-        if app is None:
-            from flask import current_app
-
-            app = current_app._get_current_object()  # type: ignore[attr-defined]
-        try:
-            middleware: RequestQueueMiddleware = app.extensions[EXTENSION_KEY]
-        except KeyError:
-            raise RuntimeError(
-                "This app has no RequestQueue. Did you forget to call queue.init_app(app)?"
-            ) from None
-        return middleware
-
-    def _endpoint_lane(self, app: Flask, endpoint: str | None) -> str | _Exempt | None:
-        """The lane marked for an endpoint: by name, on its view (or view class), or on its blueprints."""
-        if endpoint is None:
-            return None
-        if endpoint in self._endpoint_lanes:
-            return self._endpoint_lanes[endpoint]
-        view = app.view_functions.get(endpoint)
-        lane: str | _Exempt | None = getattr(view, _LANE_ATTR, None)
-        if lane is None:  # a class-based view: the mark is on the class that as_view() was made from
-            lane = getattr(getattr(view, "view_class", None), _LANE_ATTR, None)
-        # "parent.child.view": the innermost marked blueprint, found by its registered (dotted) name.
-        prefix = endpoint.rpartition(".")[0]
-        while lane is None and prefix:
-            blueprint = app.blueprints.get(prefix)
-            if blueprint is not None:
-                lane = self._blueprint_lanes.get(blueprint)
-            prefix = prefix.rpartition(".")[0]
-        return lane
-
-    def _lane_selector(self, app: Flask) -> LaneSelector:
-        """Map a request to its view's lane through the app's URL map, with two caches.
-
-        One URL adapter per site (scheme, host, server name and port, script name), made by Flask's own
-        ``create_url_adapter`` so that host and subdomain matching agree with Flask's on every version; and
-        the lane per site, method and path.
-        """
-        adapters: dict[tuple[str, ...], MapAdapter | None] = {}
-        lanes: dict[tuple[tuple[str, ...], str, str], str | _Exempt | None] = {}
-        cached_marks = 0
-
-        def select(environ: WSGIEnvironment) -> str | _Exempt | None:
-            nonlocal cached_marks
-            if not self._marks:
-                return None
-            if cached_marks != self._marks:  # a view was marked since: what is cached may be stale
-                lanes.clear()
-                cached_marks = self._marks
-            site = (
-                environ.get("wsgi.url_scheme", ""),
-                environ.get("HTTP_HOST", ""),
-                environ.get("SERVER_NAME", ""),
-                environ.get("SERVER_PORT", ""),
-                environ.get("SCRIPT_NAME", ""),
-            )
-            key = (site, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
-            try:
-                return lanes[key]
-            except KeyError:
-                pass
-            try:
-                adapter = adapters[site]
-            except KeyError:
-                adapter = _url_adapter(app, environ)
-                if len(adapters) >= _ADAPTER_CACHE_SIZE:
-                    adapters.clear()
-                adapters[site] = adapter
-            lane = None if adapter is None else self._endpoint_lane(app, _match_endpoint(adapter, environ))
-            if len(lanes) >= _ROUTE_CACHE_SIZE:
-                lanes.clear()
-            lanes[key] = lane
-            return lane
-
-        return select
-
-
-def _no_app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    raise AssertionError("RequestQueue._checks only validates settings; it never serves a request")
-
-
-def _flask_rejection(app: Flask, func: Callable[[str, int], ResponseReturnValue]) -> RejectResponse:
-    """Adapt a ``@queue.reject_response`` function to the middleware's hook, inside a request context."""
-
-    def respond(environ: WSGIEnvironment, reason: str, retry_after: int) -> WSGIApplication:
-        with app.request_context(environ):
-            return app.make_response(func(reason, retry_after))
-
-    return respond
-
-
 def _client_gone(environ: WSGIEnvironment) -> bool:
     """Whether the client closed its connection, where the server lets us tell; ``False`` when unsure.
 
@@ -774,30 +547,7 @@ def _client_gone(environ: WSGIEnvironment) -> bool:
         return False
 
 
-def _url_adapter(app: Flask, environ: WSGIEnvironment) -> MapAdapter | None:
-    """Flask's URL adapter for the request's site; ``None`` when Flask would refuse it (untrusted host)."""
-    try:
-        return app.create_url_adapter(app.request_class(environ))
-    except Exception:
-        log.debug(
-            "no URL adapter for %r; the default lane admits it", environ.get("HTTP_HOST"), exc_info=True
-        )
-        return None
-
-
-def _match_endpoint(adapter: MapAdapter, environ: WSGIEnvironment) -> str | None:
-    """The endpoint Flask will dispatch the request to; ``None`` when no view of the app will run it."""
-    method = environ.get("REQUEST_METHOD", "GET").upper()
-    # PATH_INFO is a WSGI "bytes as latin-1" string; Werkzeug's routing wants the decoded path.
-    path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode("utf-8", "replace")
-    try:
-        rule, _ = adapter.match(path, method, return_rule=True)
-    except HTTPException:  # 404, 405, redirects: Flask answers them; the default lane admits them
-        return None
-    except Exception:  # a malformed request must not become a 500 here; Flask will judge it
-        log.debug("could not route %r for lane selection", path, exc_info=True)
-        return None
-    if method == "OPTIONS" and getattr(rule, "provide_automatic_options", False):
-        return None  # Flask answers it without calling the view: it must not wait in the view's lane
-    endpoint: str = rule.endpoint
-    return endpoint
+def _close(iterable: Iterable[Any]) -> None:
+    close = getattr(iterable, "close", None)
+    if close is not None:
+        close()

@@ -17,7 +17,7 @@ from hypothesis.stateful import (
 )
 
 from flask_queue import ConfigurationError
-from flask_queue._lane import ADMITTED, DONE, REJECTED, WAITING, Lane, Ticket
+from flask_queue.request_queue.lane import ADMITTED, DONE, REJECTED, WAITING, Lane, Ticket
 
 
 class FakeClock:

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 import pytest
 import requests
 
-from ._live import REQUEST_TIMEOUT, Client, Stats, wait_for
+from tests.servers._live import REQUEST_TIMEOUT, Client, Stats, wait_for
 
 JSON = {"Accept": "application/json"}
 REASONS = ("full", "timeout", "too_old", "shed", "disconnected")

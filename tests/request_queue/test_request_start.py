@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_queue._request_start import parse_request_start, upstream_wait
+from flask_queue.request_queue.request_start import parse_request_start, upstream_wait
 
 NOW = 1_700_000_000.0  # a fixed "now" so no test depends on the clock
 

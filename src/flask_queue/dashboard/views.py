@@ -1,0 +1,382 @@
+"""The dashboard's blueprint: its views, the authorization and CSRF checks, and ``Dashboard``, the extension."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+
+from .. import _checks, _keys
+from ..tasks import JobStatus
+from ._data import PER_PAGE, Queues, job_data, snapshot
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.typing import ResponseReturnValue
+
+    from ..tasks.backends import Backend
+
+__all__ = ["CSRF_FIELD", "DEFAULTS", "Dashboard", "blueprint"]
+
+#: Every setting, its default, and its config key (``QUEUE_DASHBOARD_<NAME>``): where the dashboard is served,
+#: the callback that allows a request (``None``: debug mode and loopback clients only), and how many
+#: seconds the page waits between two updates.
+DEFAULTS: Final[Mapping[str, Any]] = {"url_prefix": "/queue", "authorize": None, "refresh": 2.0}
+
+CSRF_FIELD: Final = "csrf_token"
+_CSRF_COOKIE: Final = "flask_queue_csrf"
+_CSRF_BYTES: Final = 32
+
+_CSP: Final = (
+    "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+#: One blueprint for every app: ``queue.exempt(Dashboard.blueprint)`` keeps it out of the request queue.
+blueprint = Blueprint(
+    "flask_queue_dashboard",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    url_prefix: str
+    authorize: Callable[[], bool] | None
+    refresh: float
+
+
+class Dashboard:
+    """The dashboard blueprint, set up on an app; see the module docstring.
+
+    :param url_prefix: where it is served (default ``/queue``).
+    :param authorize: ``authorize() -> bool``, asked for every request; ``None`` (default) serves the
+        dashboard only in debug mode to loopback clients.
+    :param refresh: seconds between two updates of an open page (default 2).
+    """
+
+    blueprint: Final = blueprint
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        url_prefix: str = DEFAULTS["url_prefix"],
+        authorize: Callable[[], bool] | None = DEFAULTS["authorize"],
+        refresh: float = DEFAULTS["refresh"],
+    ) -> None:
+        self.defaults: dict[str, Any] = {"url_prefix": url_prefix, "authorize": authorize, "refresh": refresh}
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Serve the dashboard on ``app``. Raises ``RuntimeError`` if done twice, ``ConfigurationError`` for a bad
+        setting."""
+        if _keys.DASHBOARD in app.extensions:
+            raise RuntimeError(
+                f"a Dashboard is already set up on app {app.name!r}; init_app runs once per app"
+            )
+        values = {
+            name: app.config.setdefault(f"QUEUE_DASHBOARD_{name.upper()}", value)
+            for name, value in self.defaults.items()
+        }
+        settings = _check(values)
+        app.extensions[_keys.DASHBOARD] = settings
+        app.register_blueprint(blueprint, url_prefix=settings.url_prefix.rstrip("/") or None)
+
+
+def _check(values: dict[str, Any]) -> _Settings:
+    prefix = _checks.url_path("QUEUE_DASHBOARD_URL_PREFIX", values["url_prefix"], example="/queue")
+    authorize = _checks.function(
+        "QUEUE_DASHBOARD_AUTHORIZE", values["authorize"], what="a function returning True or False, or None"
+    )
+    refresh = _checks.number("QUEUE_DASHBOARD_REFRESH", values["refresh"], strict=True, hint=" (seconds)")
+    return _Settings(prefix, authorize, float(refresh))
+
+
+def _settings() -> _Settings:
+    settings: _Settings = current_app.extensions[_keys.DASHBOARD]
+    return settings
+
+
+# -- every request: authorization, CSRF, headers -------------------------------------------------------------
+
+
+@blueprint.before_request
+def _guard() -> ResponseReturnValue | None:
+    authorize = _settings().authorize
+    allowed = (
+        bool(authorize()) if authorize is not None else current_app.debug and _loopback(request.remote_addr)
+    )
+    if not allowed:
+        return _plain(
+            "Forbidden. The Flask-Queue dashboard answers a request its authorize callback allows; with none"
+            " configured, only in debug mode and only from this machine.",
+            403,
+        )
+    if request.method == "POST" and not _csrf_ok():
+        return _plain(
+            "Bad request: the form's CSRF token is missing or stale. Reload the dashboard and try again.", 400
+        )
+    return None
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 from a dual-stack socket
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _csrf_token() -> str:
+    """The token of this browser: the one in its cookie, or a new one set in this response's cookie."""
+    token = request.cookies.get(_CSRF_COOKIE, "")
+    if not _well_formed(token):
+        token = g.setdefault("flask_queue_new_csrf", secrets.token_urlsafe(_CSRF_BYTES))
+    return token
+
+
+def _well_formed(token: str) -> bool:
+    return len(token) == 43 and all(c.isalnum() or c in "-_" for c in token)
+
+
+def _csrf_ok() -> bool:
+    cookie = request.cookies.get(_CSRF_COOKIE, "")
+    sent = request.form.get(CSRF_FIELD, "")
+    if not (_well_formed(cookie) and hmac.compare_digest(cookie.encode(), sent.encode())):
+        return False
+    # A browser names the page a form came from; a form posted from another site is refused even if it
+    # somehow carries the token (a cookie planted by a sibling subdomain).
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    if not origin or origin == "null":
+        return origin is None
+    source = urlsplit(origin)
+    return (source.scheme, source.netloc) == (request.scheme, request.host)
+
+
+@blueprint.after_request
+def _headers(response: Response) -> Response:
+    new_token = g.get("flask_queue_new_csrf")
+    if new_token is not None:
+        response.set_cookie(
+            _CSRF_COOKIE,
+            new_token,
+            path=(request.script_root + _settings().url_prefix).rstrip("/") or "/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.is_secure,
+        )
+    response.headers["Content-Security-Policy"] = _CSP
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _plain(text: str, status: int) -> Response:
+    return Response(text + "\n", status=status, mimetype="text/plain")
+
+
+@blueprint.app_template_global("flask_queue_csrf_token")
+def _template_csrf_token() -> str:
+    return _csrf_token()
+
+
+# The page's formats; dashboard.js formats the same way when it redraws.
+
+
+@blueprint.app_template_filter("fq_ago")
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "\u2013"  # an en dash: no value yet
+    seconds = max(now - then, 0.0)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f} h"
+    return f"{seconds // 86400:.0f} d"
+
+
+@blueprint.app_template_filter("fq_ms")
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "\u2013"  # an en dash: no value yet
+    if value >= 1000:
+        return f"{value / 1000:.1f} s"
+    return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+@blueprint.app_template_filter("fq_time")
+def _time(value: float) -> str:
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- pages -------------------------------------------------------------------------------------------------
+
+
+@blueprint.get("/")
+def index() -> str:
+    queues = _queues()
+    return render_template(
+        "flask_queue_dashboard/index.html",
+        data=snapshot(queues),
+        refresh=_settings().refresh,
+        statuses=[str(status) for status in JobStatus],
+    )
+
+
+@blueprint.get("/jobs")
+def jobs() -> str:
+    backend = _backend()
+    status, queue, page = _job_filters()
+    records = backend.jobs(status=status, queue=queue, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE)
+    serializer = _queues().serializer
+    return render_template(
+        "flask_queue_dashboard/jobs.html",
+        jobs=[job_data(record, serializer) for record in records[:PER_PAGE]],
+        status=None if status is None else str(status),
+        queue=queue,
+        page=page,
+        has_next=len(records) > PER_PAGE,
+        now=time.time(),
+        statuses=[str(status) for status in JobStatus],
+    )
+
+
+@blueprint.get("/jobs/<job_id>")
+def job(job_id: str) -> str:
+    return _job_page(job_id)
+
+
+def _job_page(job_id: str, notice: str | None = None) -> str:
+    queues = _queues()
+    record = _backend().get(job_id)
+    if record is None:
+        abort(404, _NO_SUCH_JOB)
+    return render_template(
+        "flask_queue_dashboard/job.html",
+        job=job_data(record, queues.serializer, full=True),
+        notice=notice or _NOTICES.get(request.args.get("done", "")),
+    )
+
+
+# The id is not repeated: an error page echoes nothing from the URL.
+_NO_SUCH_JOB: Final = "There is no such job (it may have expired or been purged)."
+
+_NOTICES: Final = {
+    "retried": "Queued again: it runs when a worker is free.",
+    "cancelled": "Cancelled: no worker will run it.",
+}
+
+
+@blueprint.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> ResponseReturnValue:
+    return _act(job_id, "retried", "Only a failed or cancelled job can be queued again.")
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str) -> ResponseReturnValue:
+    return _act(job_id, "cancelled", "Only a job that has not started can be cancelled.")
+
+
+def _act(job_id: str, done: str, refused: str) -> ResponseReturnValue:
+    backend = _backend()
+    if backend.get(job_id) is None:
+        abort(404, _NO_SUCH_JOB)
+    changed = backend.requeue(job_id) if done == "retried" else backend.cancel(job_id)
+    if not changed:
+        return _job_page(job_id, notice=refused), 409
+    # Post/redirect/get: a reload of the page that follows does not post again.
+    return redirect(url_for(".job", job_id=job_id, done=done), 303)
+
+
+# -- JSON ----------------------------------------------------------------------------------------------------
+
+
+@blueprint.get("/api/stats")
+def api_stats() -> Response:
+    return jsonify(snapshot(_queues()))
+
+
+@blueprint.get("/api/jobs")
+def api_jobs() -> Response:
+    backend = _backend()
+    status, queue, page = _job_filters()
+    records = backend.jobs(status=status, queue=queue, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE)
+    serializer = _queues().serializer
+    return jsonify(
+        jobs=[job_data(record, serializer) for record in records[:PER_PAGE]],
+        page=page,
+        per_page=PER_PAGE,
+        has_next=len(records) > PER_PAGE,
+    )
+
+
+@blueprint.get("/api/jobs/<job_id>")
+def api_job(job_id: str) -> Response:
+    record = _backend().get(job_id)
+    if record is None:
+        abort(404, _NO_SUCH_JOB)
+    return jsonify(job_data(record, _queues().serializer, full=True))
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    # The API answers errors as JSON, the pages as short text; either way nothing from the URL is markup.
+    status = error.code or 500
+    if (request.endpoint or "").startswith(f"{blueprint.name}.api_"):
+        return jsonify(error=error.description), status
+    return _plain(error.description or error.name, status)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _queues() -> Queues:
+    return Queues.of(current_app._get_current_object())  # type: ignore[attr-defined]
+
+
+def _backend() -> Backend:
+    backend = _queues().backend
+    if backend is None:
+        abort(404, "This app has no TaskQueue, so it has no jobs.")
+    return backend
+
+
+def _job_filters() -> tuple[JobStatus | None, str | None, int]:
+    """``status``, ``queue`` and ``page`` from the query string; 400 for a malformed one."""
+    raw_status = request.args.get("status") or None
+    try:
+        status = None if raw_status is None else JobStatus(raw_status)
+    except ValueError:
+        abort(400, f"status must be one of {', '.join(map(str, JobStatus))}.")
+    raw_page = request.args.get("page", "1")
+    if not raw_page.isascii() or not raw_page.isdigit() or int(raw_page) < 1 or len(raw_page) > 9:
+        abort(400, "page must be a whole number from 1.")
+    return status, request.args.get("queue") or None, int(raw_page)

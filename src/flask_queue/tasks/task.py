@@ -1,0 +1,223 @@
+"""``Task``: what ``@tasks.task`` makes of a function, and ``BoundTask``, the same with per-call options.
+
+A task's options are checked when it is decorated (or when ``options()`` is called), so a bad value raises
+``ConfigurationError`` (a ``ValueError``) where it is written, not in a worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar
+
+from .. import _checks
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import TaskQueue
+
+__all__ = ["DEFAULT_QUEUE", "BoundTask", "Task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE: Final = "default"
+
+
+@dataclass(frozen=True)
+class _Options:
+    queue: str
+    priority: int
+    retries: int
+    timeout: float | None
+    delay: float = 0.0
+    #: The SQLAlchemy session whose transaction ``enqueue*`` join (the outbox) and whose commit
+    #: ``enqueue_on_commit`` waits for (``None``: no outbox, and Flask-SQLAlchemy's session for the latter).
+    session: Any = None
+
+
+class Task(Generic[P, R]):
+    """A function made into a task by ``@tasks.task``. Calling it runs it here, now; ``enqueue`` runs it in a
+    worker. Its options are checked when it is decorated."""
+
+    def __init__(
+        self,
+        queue: TaskQueue,
+        func: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
+        retry_backoff_max: float | None = None,
+        timeout: float | None = None,
+        queue_name: str = DEFAULT_QUEUE,
+        priority: int = 0,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"@task decorates a function, not {type(func).__name__}")
+        self.func = func
+        self.name = name if name is not None else f"{func.__module__}.{func.__qualname__}"
+        _checks.text("task name", self.name)
+        self.retry_backoff = _checks.number(f"{self.name}: retry_backoff", retry_backoff)
+        self.retry_backoff_max = _checks.optional_number(f"{self.name}: retry_backoff_max", retry_backoff_max)
+        self._queue = queue
+        self.defaults = _make_options(self.name, queue_name, priority, retries, timeout)
+        self.__doc__ = func.__doc__
+        self.__name__ = getattr(func, "__name__", self.name)
+        self.__wrapped__ = func
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    @property
+    def queue(self) -> str:
+        return self.defaults.queue
+
+    @property
+    def priority(self) -> int:
+        return self.defaults.priority
+
+    @property
+    def retries(self) -> int:
+        return self.defaults.retries
+
+    @property
+    def timeout(self) -> float | None:
+        return self.defaults.timeout
+
+    def options(
+        self,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
+        session: Any = None,
+    ) -> BoundTask[P, R]:
+        """This task with some options changed for the calls made through the handle returned.
+
+        ``task.options(queue="urgent", priority=-1).enqueue(...)``: options never clash with the task's own
+        argument names. Values are checked as at decoration. ``session`` is a SQLAlchemy ``Session`` or
+        ``scoped_session`` (Flask-SQLAlchemy's ``db.session``): ``enqueue*`` then store the jobs inside its
+        transaction (the outbox: they exist if and only if it commits), which needs the queue in the session's
+        own database (PostgreSQL, or the app's SQLite file); ``enqueue_on_commit`` waits for its commit (an
+        ``AsyncSession`` too).
+        """
+        d = self.defaults
+        options = _make_options(
+            self.name,
+            d.queue if queue is None else queue,
+            d.priority if priority is None else priority,
+            d.retries if retries is None else retries,
+            d.timeout if timeout is None else timeout,
+        )
+        return BoundTask(self, replace(options, session=session))
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Have a worker run ``func(*args, **kwargs)``; return the job at once.
+
+        Arguments are serialized here: one JSON cannot carry raises ``TypeError`` naming it.
+        """
+        return self._queue._enqueue(self, self.defaults, [(args, kwargs)])[0]
+
+    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Like ``enqueue``, to run ``delay`` seconds from now (at the earliest)."""
+        return BoundTask(self, self.defaults).enqueue_in(delay, *args, **kwargs)
+
+    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Like ``enqueue``, to run at ``when``, an aware ``datetime`` (a naive one raises ``ValueError``)."""
+        return BoundTask(self, self.defaults).enqueue_at(when, *args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
+        """Enqueue many calls at once (one write for all): ``[(args, kwargs), ...]``; return their jobs."""
+        return self._queue._enqueue(self, self.defaults, _calls(calls))
+
+    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Enqueue the call once the SQLAlchemy transaction commits; never if it rolls back.
+
+        The session is Flask-SQLAlchemy's ``db.session`` of the current app, or the one given with
+        ``task.options(session=...)``; with no transaction open the job is enqueued at once. Arguments are
+        serialized here, so one JSON cannot carry raises ``TypeError`` now. See ``docs/commit-hooks.md``.
+        """
+        self._queue._enqueue_on_commit(self, self.defaults, args, kwargs)
+
+
+class BoundTask(Generic[P, R]):
+    """A task with per-call options (``task.options(...)``): the same ``enqueue*`` methods."""
+
+    def __init__(self, task: Task[P, R], options: _Options) -> None:
+        self.task = task
+        self._options = options
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        return self.task._queue._enqueue(self.task, self._options, [(args, kwargs)])[0]
+
+    def enqueue_in(self, delay: float, *args: P.args, **kwargs: P.kwargs) -> Job:
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not math.isfinite(delay):
+            raise TypeError(f"enqueue_in takes a delay in seconds first, not {delay!r}")
+        options = replace(self._options, delay=max(float(delay), 0.0))
+        return self.task._queue._enqueue(self.task, options, [(args, kwargs)])[0]
+
+    def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
+        if not isinstance(when, dt.datetime):
+            raise TypeError(f"enqueue_at takes a datetime first, not {type(when).__name__}")
+        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+            raise ValueError(
+                f"enqueue_at needs an aware datetime (with a time zone), not {when!r}: a naive one is ambiguous"
+                " between processes; use datetime.now(timezone.utc) + timedelta(...)"
+            )
+        return self.enqueue_in(max(when.timestamp() - time.time(), 0.0), *args, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
+        return self.task._queue._enqueue(self.task, self._options, _calls(calls))
+
+    def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        self.task._queue._enqueue_on_commit(self.task, self._options, args, kwargs)
+
+
+def _calls(
+    calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]],
+) -> list[tuple[Sequence[Any], Mapping[str, Any]]]:
+    checked = []
+    for index, call in enumerate(calls):
+        if not (isinstance(call, tuple) and len(call) == 2 and isinstance(call[1], Mapping)):
+            raise TypeError(f"enqueue_many: call {index} must be an (args, kwargs) pair, not {call!r}")
+        args, kwargs = call
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise TypeError(f"enqueue_many: call {index}'s args must be a list or tuple, not {args!r}")
+        checked.append((args, kwargs))
+    return checked
+
+
+#: Retry counts are stored as 64-bit integers by the SQL backends.
+_INT64 = 2**63
+#: Priorities must also order exactly as Redis's sorted-set scores, which are doubles: integers of up to 53
+#: bits are exact there.
+_PRIORITY_LIMIT = 2**53
+
+
+def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
+    _checks.text(f"{name}: queue", queue)
+    _checks.integer(
+        f"{name}: priority",
+        priority,
+        minimum=-_PRIORITY_LIMIT,
+        maximum=_PRIORITY_LIMIT,
+        what="an integer from -2**53 to 2**53 (lower runs first)",
+    )
+    _checks.integer(
+        f"{name}: retries",
+        retries,
+        minimum=0,
+        maximum=_INT64 - 1,
+        what="an integer >= 0 and < 2**63 (attempts after the first)",
+    )
+    return _Options(
+        queue, priority, retries, _checks.optional_number(f"{name}: timeout", timeout, strict=True)
+    )
