@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 
@@ -194,3 +198,60 @@ def test_worker_processes_need_a_shared_backend(tmp_path: Path) -> None:
     result = app.test_cli_runner().invoke(args=["queue", "worker", "--processes", "2"])
     assert result.exit_code == 2
     assert "--processes needs a backend the processes share" in result.output
+
+
+def _locks_of(obj: object) -> list[Any]:
+    """Every lock held by the attributes of ``obj`` (an Event's included): what a signal handler might take."""
+    lock_types = (type(threading.Lock()), type(threading.RLock()))
+    found: list[Any] = []
+    for value in vars(obj).values():
+        if isinstance(value, threading.Event):
+            found.append(value._cond)  # type: ignore[attr-defined]
+        elif isinstance(value, (threading.Condition, *lock_types)):
+            found.append(value)
+    return found
+
+
+def _returns_while_locks_are_held(handler: Callable[[], object], owner: object) -> bool:
+    """Run ``handler`` in a thread while another holds every lock of ``owner``: does it return?"""
+    locks = _locks_of(owner)
+    for lock in locks:
+        lock.acquire()
+    try:
+        thread = threading.Thread(target=handler, daemon=True)
+        thread.start()
+        thread.join(2.0)
+        return not thread.is_alive()
+    finally:
+        for lock in locks:
+            lock.release()
+        thread.join(5.0)
+
+
+def test_the_supervisors_signal_handler_takes_no_lock(make_queue: MakeQueue) -> None:
+    """A handler that takes a lock deadlocks when a second signal comes while the first holds it (seen: the
+    SIGCHLD handler's ``Event.set`` interrupted by another SIGCHLD hung ``--processes`` for good)."""
+    from flask_queue.tasks.cli import _Supervisor, _WorkerOptions
+
+    app, _ = make_queue(workers=0)
+    state = app.extensions["flask-queue.tasks"]
+    options = _WorkerOptions(threads=1, queues=None, lease=30.0, burst=False)
+    supervisor = _Supervisor(state, options, processes=2)
+    try:
+        assert _returns_while_locks_are_held(lambda: supervisor._on_signal(signal.SIGCHLD, None), supervisor)
+        assert _returns_while_locks_are_held(lambda: supervisor._on_signal(signal.SIGTERM, None), supervisor)
+        assert supervisor._stopping
+    finally:
+        supervisor._alarm.close()
+
+
+def test_a_worker_processs_stop_handler_takes_no_lock() -> None:
+    from flask_queue.tasks.cli import _stop_on, _StopFlag
+
+    stop = _StopFlag()
+    with _stop_on(stop):
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        assert _returns_while_locks_are_held(lambda: handler(signal.SIGTERM, None), stop)
+    assert stop.is_set()
+    assert stop.wait(0)

