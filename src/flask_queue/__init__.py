@@ -20,6 +20,7 @@ import typing
 from .exceptions import (
     BackendError,
     ConfigurationError,
+    ConfigurationWarning,
     FlaskQueueError,
     JobCancelled,
     JobTimeout,
@@ -37,6 +38,7 @@ __all__ = [
     "EXEMPT",
     "BackendError",
     "ConfigurationError",
+    "ConfigurationWarning",
     "Dashboard",
     "FlaskQueueError",
     "Job",

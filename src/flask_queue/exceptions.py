@@ -8,6 +8,9 @@
      +-- TaskFailed: ``job.result()`` of a job that failed; carries the worker's error and traceback
      +-- JobCancelled: ``job.result()`` of a job that was cancelled before it ran
      +-- JobTimeout (also a TimeoutError): raised inside a task that ran past its ``timeout``
+
+    ConfigurationWarning (a UserWarning): a config key that looks like a setting but is none (a
+    misspelling), or a setting changed after ``init_app`` read it
 """
 
 from __future__ import annotations
@@ -52,3 +55,9 @@ class JobCancelled(FlaskQueueError):
 
 class JobTimeout(FlaskQueueError, TimeoutError):
     """Raised inside a task that ran longer than its ``timeout``; the job fails (or retries) with it."""
+
+
+class ConfigurationWarning(UserWarning):
+    """A config key is ignored: it looks like a Flask-Queue setting but is none (a misspelling, named with the
+    nearest real key), or it changed after ``init_app`` read it. Shown once per key and app; turn it into an
+    error with ``warnings.simplefilter("error", ConfigurationWarning)``."""

@@ -15,7 +15,7 @@ import requests
 from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
-from flask_queue import RequestQueue, TaskQueue
+from flask_queue import ConfigurationError, RequestQueue, TaskQueue
 from flask_queue.dashboard.metrics import ENDPOINT, Metrics
 from tests.servers._live import (
     ServerProcess,
@@ -25,6 +25,8 @@ from tests.servers._live import (
     start_retrying,
     wait_for,
 )
+
+from .conftest import RedisServer
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 10.0
@@ -94,6 +96,7 @@ def test_task_figures_come_from_the_backend(app: Flask) -> None:
     assert found["flask_queue_jobs", (("queue", "mail"), ("status", "failed"))] == 1
     assert found["flask_queue_jobs", (("queue", "mail"), ("status", "running"))] == 0
     assert found["flask_queue_workers", ()] == 0
+    assert found["flask_queue_backend_up", ()] == 1
 
 
 def test_request_figures_come_from_the_queue(app: Flask) -> None:
@@ -142,6 +145,60 @@ def test_it_is_set_up_once() -> None:
         Metrics(Flask(__name__), path="metrics")
     with app.test_client().get("/m") as response:
         assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["metrics", "", "/m/<name>", "/m etrics", "//metrics", "/m?x", None, 5, b"/m"]
+)
+def test_a_misused_path_raises_configuration_error(path: object) -> None:
+    with pytest.raises(ConfigurationError, match="QUEUE_METRICS_PATH must be a path such as '/metrics'"):
+        Metrics(Flask(__name__), path=path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("app", ["app", 42, object()])
+def test_it_needs_a_flask_app(app: object) -> None:
+    with pytest.raises(TypeError, match=r"Metrics\(app\) and Metrics.init_app\(app\) take a Flask app"):
+        Metrics(app)  # type: ignore[arg-type]
+
+
+def test_a_backend_that_does_not_answer_leaves_out_its_families(private_redis: RedisServer) -> None:
+    app = Flask(__name__)
+    queue = RequestQueue(app, concurrency=1, max_queue_size=1)
+    tasks = TaskQueue(app, backend=private_redis.url, workers=0)
+    Metrics(app)
+    queue.exempt(ENDPOINT)
+
+    @tasks.task(name="t.ok")
+    def ok() -> None:
+        pass
+
+    @app.get("/quick")
+    def quick() -> str:
+        return "quick"
+
+    client = app.test_client()
+    try:
+        ok.enqueue()
+        found = scrape(client)
+        assert found["flask_queue_jobs", (("queue", "default"), ("status", "queued"))] == 1
+        private_redis.stop()
+        for _ in range(3):
+            client.get("/quick").close()
+        found = scrape(client)  # 200, not 500
+        assert found["flask_queue_backend_up", ()] == 0
+        assert found["flask_queue_requests_admitted_total", (("lane", "default"),)] == 3
+        # No task figure rather than wrong ones (zeros would say the queue is empty).
+        assert not [name for name, _ in found if name.startswith(("flask_queue_jobs", "flask_queue_worker"))]
+        assert scrape(app.test_client())["flask_queue_backend_up", ()] == 0
+    finally:
+        tasks.backend(app).close()
+
+
+def test_an_app_without_a_task_queue_has_no_backend_gauge() -> None:
+    app = Flask(__name__)
+    RequestQueue(app)
+    Metrics(app)
+    assert not [name for name, _ in scrape(app.test_client()) if name == "flask_queue_backend_up"]
 
 
 # -- under gunicorn --------------------------------------------------------------------------------------------

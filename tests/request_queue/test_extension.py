@@ -14,10 +14,7 @@ from typing import Any
 import pytest
 from flask import Blueprint, Flask, jsonify, request
 
-from flask_queue import (
-    RequestQueue,
-    signals,
-)
+from flask_queue import ConfigurationWarning, RequestQueue, signals
 from flask_queue._types import WSGIEnvironment
 from tests._wsgi import Call, hold
 
@@ -361,3 +358,111 @@ def test_the_test_client_releases_slots_for_responses_it_drops(app: Flask) -> No
     client = app.test_client()
     for _ in range(5):
         assert client.get("/").status_code == 200
+
+
+# -- the app's own tests, and monitoring threads ----------------------------------------------------------
+
+
+def test_the_flask_test_client_gives_each_slot_back_when_its_request_returns(app: Flask) -> None:
+    """A server closes each response once it is sent; Flask's test client leaves that to the test, so the
+    slots stayed taken and the fifth request of a lane of 4 waited, then was rejected."""
+    queue = RequestQueue(app, concurrency=4, max_queue_size=0, queue_timeout=0.5)
+
+    @app.get("/")
+    def index() -> str:
+        return "hello"
+
+    client = app.test_client()
+    responses = [client.get("/") for _ in range(6)]  # kept, as a test that asserts on each one later does
+    assert [response.status_code for response in responses] == [200] * 6
+    assert [response.data for response in responses] == [b"hello"] * 6
+    assert queue.stats(app)["lanes"]["default"]["running"] == 0
+
+
+def test_a_test_of_a_stream_can_keep_its_slot_with_buffered_false(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=1, max_queue_size=0)
+
+    @app.get("/stream")
+    def stream() -> Any:
+        return app.response_class(iter([b"a", b"b"]))
+
+    response = app.test_client().get("/stream", buffered=False)
+    assert queue.stats(app)["lanes"]["default"]["running"] == 1
+    assert response.data == b"ab"
+    response.close()
+    assert queue.stats(app)["lanes"]["default"]["running"] == 0
+
+
+def test_an_apps_own_test_client_class_is_kept(app: Flask) -> None:
+    from flask.testing import FlaskClient
+
+    class Mine(FlaskClient):
+        pass
+
+    app.test_client_class = Mine
+    RequestQueue(app)
+    assert type(app.test_client()) is Mine
+
+
+def test_stats_work_from_a_plain_thread_when_the_queue_has_one_app(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=3)
+    seen: list[Any] = []
+    thread = threading.Thread(target=lambda: seen.append(queue.stats()))
+    thread.start()
+    thread.join()
+    assert seen[0]["lanes"]["default"]["limits"]["concurrency"] == 3
+
+
+def test_stats_outside_an_app_context_with_several_apps_names_the_fix() -> None:
+    queue = RequestQueue()
+    with pytest.raises(RuntimeError, match=r"set up on no app yet"):
+        queue.stats()
+    first, second = Flask("first"), Flask("second")  # kept: the queue holds its apps weakly
+    queue.init_app(first)
+    queue.init_app(second)
+    with pytest.raises(RuntimeError, match=r"call queue\.stats\(app\).*several apps"):
+        queue.stats()
+    with pytest.raises(RuntimeError, match=r"middleware\(app\)"):
+        RequestQueue.middleware()
+
+
+def test_a_misspelt_setting_is_warned_about_naming_the_real_one(app: Flask) -> None:
+    app.config["REQUEST_QUEUE_CONCURENCY"] = 1
+    with pytest.warns(
+        ConfigurationWarning,
+        match="REQUEST_QUEUE_CONCURENCY is not a Flask-Queue setting, so it is ignored: did you mean REQUEST_QUEUE_CONCURRENCY",
+    ):
+        queue = RequestQueue(app)
+    assert queue.stats(app)["lanes"]["default"]["limits"]["concurrency"] == 4
+
+
+def test_a_setting_changed_after_init_app_is_warned_about_once_at_the_first_request(app: Flask) -> None:
+    queue = RequestQueue(app, concurrency=2)
+    app.config["REQUEST_QUEUE_CONCURRENCY"] = 8
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    client = app.test_client()
+    with pytest.warns(
+        ConfigurationWarning,
+        match=r"REQUEST_QUEUE_CONCURRENCY was changed after RequestQueue.init_app read it \(2 -> 8\)",
+    ):
+        assert client.get("/").status_code == 200
+    assert client.get("/").status_code == 200  # no second warning: filterwarnings=error would raise it
+    assert queue.stats(app)["lanes"]["default"]["limits"]["concurrency"] == 2
+
+
+def test_wrong_objects_where_an_app_or_a_lane_is_expected_raise_type_error_naming_the_fix(app: Flask) -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"RequestQueue\(app\) and RequestQueue.init_app\(app\) take a Flask app, not method .*RequestQueueMiddleware\(app\)",
+    ):
+        RequestQueue(app.wsgi_app)  # type: ignore[arg-type]
+    queue = RequestQueue(app)
+    with pytest.raises(TypeError, match=r'queue.limit takes the name of a lane: @queue.limit\("reports"\)'):
+
+        @queue.limit  # type: ignore[arg-type]  # the lane forgotten
+        def view() -> str:
+            return "x"

@@ -568,3 +568,8 @@ def test_a_raising_signal_receiver_neither_leaks_a_slot_nor_fails_the_request(
     stats = stats_of(middleware)
     assert (stats["running"], stats["waiting"]) == (0, 0)
     assert any("receiver" in record.getMessage() for record in caplog.records)
+
+
+def test_a_middleware_around_something_that_is_not_an_app_raises_at_once() -> None:
+    with pytest.raises(TypeError, match="RequestQueueMiddleware wraps a WSGI application"):
+        RequestQueueMiddleware("app:app")  # type: ignore[arg-type]

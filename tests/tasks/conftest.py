@@ -77,3 +77,9 @@ def make_queue(
     for app, tasks in made:
         tasks.shutdown(timeout=10, app=app)
         tasks.backend(app).close()
+
+
+def in_process_threads(tasks: TaskQueue) -> int:
+    """The worker threads this process runs for the queue's only app (0 before they start)."""
+    worker = tasks.state().worker
+    return 0 if worker is None else worker.threads

@@ -82,6 +82,12 @@ def health() -> str:
     return "ok"
 
 
+@app.cli.command("enqueue-note")
+def enqueue_note() -> None:
+    """A command of the app's own that enqueues a job (it runs no worker: one must say so)."""
+    print(note.enqueue("command").id)
+
+
 if os.environ.get("FLASK_QUEUE_TEST_EXIT_AT_FORK"):
     # A worker process that dies as it starts (``flask queue worker --processes N`` forks them from here).
     code = int(os.environ["FLASK_QUEUE_TEST_EXIT_AT_FORK"])

@@ -243,6 +243,51 @@ def test_the_reloaders_watching_process_never_runs_jobs(env: Env) -> None:
     assert set().union(*env.pids_of().values()) == {child}
 
 
+def test_under_flask_run_the_workers_start_without_waiting_for_a_request(
+    env: Env, client_queue: tuple[Flask, TaskQueue]
+) -> None:
+    """A backlog sat idle after each restart of the dev server until the first request came."""
+    app, tasks = client_queue
+    with app.app_context():
+        job = tasks.tasks[f"{APP}.note"].enqueue("backlog")
+    server = env.spawn("-m", "flask", "--app", APP, "run", "--reload", "--port", str(free_port()), name="run")
+    with env.diagnose("run"):
+        pid = job.result(timeout=WAIT)  # no request is ever sent
+    assert pid != server.pid  # the reloader's child ran it, not its watching parent
+
+
+def test_a_reload_while_a_job_runs_restarts_at_once_and_the_job_runs_again(
+    env: Env, client_queue: tuple[Flask, TaskQueue], tmp_path: Path
+) -> None:
+    """Saving a file while a job ran held the dev server's restart for TASK_QUEUE_SHUTDOWN_TIMEOUT."""
+    app, tasks = client_queue
+    watched = tmp_path / "watched.txt"
+    watched.write_text("before")
+    port = free_port()
+    server = env.spawn(
+        "-m", "flask", "--app", APP, "run", "--reload", "--extra-files", str(watched), "--port", str(port),
+        name="run", TASK_QUEUE_SHUTDOWN_TIMEOUT="600",
+    )  # fmt: skip
+    with app.app_context():
+        job = tasks.tasks[f"{APP}.hang_once"].enqueue("reload")  # hangs on its first run only
+    with env.diagnose("run"):
+        wait_until("the job to start", lambda: env.runs_of()["reload"] == 1)
+        first = env.pids_of()["reload"]
+        os.utime(watched, (time.time() + 5, time.time() + 5))
+        # The old child gives the job back as it exits; the new one runs it (before 600 s, or never).
+        assert job.result(timeout=WAIT) not in first
+    assert server.poll() is None
+    assert env.runs_of() == {"reload": 2}
+
+
+def test_a_command_of_the_app_that_enqueues_says_that_it_runs_no_worker(env: Env) -> None:
+    command = env.spawn("-m", "flask", "--app", APP, "enqueue-note", name="command")
+    assert command.wait(WAIT) == 0, env.log("command")
+    assert "`flask enqueue-note` runs no task worker" in env.log("command")
+    assert "tasks.drain()" in env.log("command")
+    assert env.runs_of() == {}
+
+
 def test_uwsgi_workers_run_each_job_once(env: Env, client_queue: tuple[Flask, TaskQueue]) -> None:
     uwsgi = Path(sys.executable).with_name("uwsgi")
     if not uwsgi.exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,18 @@ from typing import Any
 import pytest
 from flask import Flask, current_app
 
-from flask_queue import ConfigurationError, JobCancelled, JobStatus, TaskFailed, TaskQueue, signals
+from flask_queue import (
+    ConfigurationError,
+    ConfigurationWarning,
+    JobCancelled,
+    JobStatus,
+    TaskFailed,
+    TaskQueue,
+    signals,
+)
 from flask_queue.tasks.backends.memory import MemoryBackend
 
-from .conftest import MakeQueue
+from .conftest import MakeQueue, in_process_threads
 
 
 def test_a_job_runs_in_a_worker_inside_an_app_context(make_queue: MakeQueue) -> None:
@@ -263,7 +273,7 @@ def test_get_job_size_and_stats(make_queue: MakeQueue) -> None:
         assert tasks.size("other") == 1
         stats = tasks.stats()
         assert stats["queues"]["default"]["queued"] == 1
-        assert stats["workers"] == {"threads": 0, "running": 0, "processed": 0}
+        assert stats["workers"] == []  # no worker is running anywhere on this backend
 
 
 def test_signals_tell_the_life_of_a_job(make_queue: MakeQueue) -> None:
@@ -313,7 +323,7 @@ def test_eager_mode_runs_each_job_at_enqueue(make_queue: MakeQueue) -> None:
         assert job.status is JobStatus.SUCCEEDED
         assert job.result(timeout=0) == 42
         assert twice.enqueue_in(3600, 1).result(timeout=0) == 2  # delays are ignored in eager mode
-    assert tasks.stats()["workers"]["threads"] == 0
+    assert in_process_threads(tasks) == 0
 
 
 def test_drain_runs_jobs_enqueued_by_jobs(make_queue: MakeQueue) -> None:
@@ -501,3 +511,230 @@ def test_keyword_names_that_are_not_strings_raise(make_queue: MakeQueue) -> None
 
     with app.app_context(), pytest.raises(TypeError, match="keyword argument names must be strings"):
         store.enqueue_many([((), {1: "a"})])  # type: ignore[dict-item]
+
+
+# -- a newcomer's mistakes ------------------------------------------------------------------------------------
+
+
+def test_an_app_under_test_with_no_backend_set_gets_its_own_queue_in_memory(tmp_path: Path) -> None:
+    """The default SQLite file in instance/ was shared by an app's test suite and its dev server: each ran the
+    other's jobs against the wrong database."""
+    dev = Flask("dev", instance_path=str(tmp_path))
+    test = Flask("test", instance_path=str(tmp_path))
+    test.config["TESTING"] = True
+    dev_tasks, test_tasks = TaskQueue(dev, workers=0), TaskQueue(test, workers=0)
+    try:
+        assert dev_tasks.backend(dev).url.startswith("sqlite:")
+        assert test_tasks.backend(test).url == "memory://"
+        assert not (tmp_path / "flask_queue.sqlite3").exists() or dev_tasks.backend(dev).size() == 0
+    finally:
+        dev_tasks.backend(dev).close()
+
+
+def test_a_misspelt_setting_is_warned_about_once_naming_the_real_one(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config.update(TASK_QUEUE_WORKER=4, TASK_QUEUE_BACKNED="memory://", TASK_QUEUE_XYZZY=1)
+    with pytest.warns(ConfigurationWarning) as caught:
+        TaskQueue(app, backend="memory://", workers=0)
+    messages = sorted(str(warning.message) for warning in caught)
+    assert len(messages) == 3
+    assert (
+        "TASK_QUEUE_BACKNED is not a Flask-Queue setting, so it is ignored: did you mean TASK_QUEUE_BACKEND?"
+        in messages
+    )
+    assert any(
+        m.startswith("TASK_QUEUE_WORKER is not") and "did you mean TASK_QUEUE_WORKERS?" in m for m in messages
+    )
+    assert any(m.startswith("TASK_QUEUE_XYZZY is not") and "TASK_QUEUE_LEASE" in m for m in messages)
+
+
+def test_a_setting_changed_after_init_app_is_warned_about_at_the_first_request(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend="memory://", workers=0)
+    app.config["TASK_QUEUE_LEASE"] = 5.0
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    client = app.test_client()
+    with pytest.warns(
+        ConfigurationWarning,
+        match=r"TASK_QUEUE_LEASE was changed after TaskQueue.init_app read it \(30.0 -> 5.0\)",
+    ):
+        client.get("/")
+    client.get("/")  # once is enough: no second warning (filterwarnings=error would raise it)
+    assert tasks.state(app).settings["lease"] == 30.0
+
+
+def test_an_async_task_is_refused_at_decoration() -> None:
+    tasks = TaskQueue(backend="memory://")
+
+    async def fetch() -> None: ...
+
+    with pytest.raises(TypeError, match=r"async def tasks are not supported yet.*asyncio\.run"):
+        tasks.task(fetch)
+    with pytest.raises(TypeError, match="async def tasks"):
+        tasks.task(name="fetch")(fetch)
+
+
+def test_stats_list_the_workers_as_flask_queue_status_does_and_work_from_a_plain_thread(
+    make_queue: MakeQueue,
+) -> None:
+    app, tasks = make_queue(workers=1)
+    tasks.start(app)
+    seen: list[dict[str, Any]] = []
+
+    def read() -> None:
+        deadline = threading.Event()
+        for _ in range(200):  # the worker's first heartbeat is written as it starts
+            stats = tasks.stats()
+            if stats["workers"]:
+                seen.append(stats)
+                return
+            deadline.wait(0.05)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    (stats,) = seen
+    (worker,) = stats["workers"]
+    assert worker["threads"] == 1
+    assert worker["pid"] == os.getpid()
+    status = json.loads(app.test_cli_runner().invoke(args=["queue", "status", "--json"]).output)
+    assert [w["name"] for w in status["workers"]] == [worker["name"]]
+
+
+# -- values a backend or JSON cannot hold as they are ------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["bad \ud800 input", "nul \x00 inside", "both \udfff\x00"])
+def test_an_error_text_no_backend_can_hold_is_stored_escaped_and_the_job_fails_once(
+    make_queue: MakeQueue, text: str
+) -> None:
+    """It made the write of the failure fail: the worker took that for an outage, ran the job three more
+    times and recorded WorkerLost; drain() raised and left the job running."""
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def echo_input() -> None:
+        raise ValueError(text)
+
+    with app.app_context():
+        job = echo_input.enqueue()
+        assert tasks.drain() == 1
+        record = job.refresh()
+    assert record.status is JobStatus.FAILED
+    assert record.attempts == 1
+    expected = "ValueError: " + text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode()
+    assert record.error == expected
+    assert expected in (record.traceback or "")
+
+
+def test_an_exception_that_cannot_be_printed_still_fails_the_job(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    @tasks.task
+    def broken() -> None:
+        raise Unprintable
+
+    with app.app_context():
+        job = broken.enqueue()
+        tasks.drain()
+        assert job.refresh().error == "Unprintable: <the Unprintable could not be printed>"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"queue": "a\x00b"}, "queue must be a name without control characters"),
+        ({"name": "task\x00"}, "task name must be a name without control characters"),
+        ({"queue": "half \ud800"}, "queue must be a name without control characters or lone surrogates"),
+    ],
+)
+def test_a_name_a_backend_cannot_store_is_refused_at_decoration(
+    options: dict[str, Any], message: str
+) -> None:
+    """A NUL in a queue or task name was accepted by SQLite and Redis and refused by PostgreSQL."""
+    tasks = TaskQueue(backend="memory://")
+    with pytest.raises(ConfigurationError, match=message):
+        tasks.task(**options)(lambda: None)
+    task = tasks.task(name="fine")(lambda: None)
+    with pytest.raises(ConfigurationError, match="queue must be a name"):
+        task.options(queue="\x01")
+
+
+def test_arguments_nested_deeper_than_json_goes_raise_type_error_naming_them(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def deep(value: Any) -> None: ...
+
+    nested: list[Any] = []
+    inner = nested
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    with (
+        app.app_context(),
+        pytest.raises(TypeError, match=r"positional argument 0 \(list\).*nested too deeply"),
+    ):
+        deep.enqueue(nested)
+
+
+@pytest.mark.parametrize("value", [{1: "one"}, [{"ok": {None: 1}}], {"a": [{2.5: "x"}]}])
+def test_a_dict_key_json_would_turn_into_a_string_raises_type_error_at_enqueue(
+    make_queue: MakeQueue, value: Any
+) -> None:
+    """JSON turns {1: "one"} into {"1": "one"}: the task would get other keys than the caller passed."""
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def takes(value: Any) -> None: ...
+
+    with app.app_context():
+        with pytest.raises(TypeError, match=r"argument 'value' \(.*\) has the dict key .* use string keys"):
+            takes.enqueue(value=value)
+        with pytest.raises(TypeError, match=r"positional argument 0"):
+            takes.enqueue(value)
+
+
+def test_a_result_with_a_non_string_key_fails_the_job_saying_so(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.task
+    def counts() -> dict[int, int]:
+        return {1: 2}
+
+    with app.app_context():
+        job = counts.enqueue()
+        tasks.drain()
+        assert "dict key 1, which JSON turns into '1'" in (job.refresh().error or "")
+
+
+def test_wrong_objects_where_an_app_or_a_function_is_expected_raise_type_error_naming_the_fix() -> None:
+    with pytest.raises(
+        TypeError,
+        match=r"TaskQueue\(app\) and TaskQueue.init_app\(app\) take a Flask app, not str 'sqlite:///jobs.db'.*backend=URL",
+    ):
+        TaskQueue("sqlite:///jobs.db")  # type: ignore[arg-type]
+    tasks = TaskQueue(backend="memory://")
+
+    @tasks.task
+    def once() -> None: ...
+
+    with pytest.raises(TypeError, match="is a task already"):
+        tasks.task(once)
+    with pytest.raises(TypeError, match="@task decorates a function, not type"):
+        tasks.task(dict)
+
+
+def test_a_backend_scheme_is_case_insensitive(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend="SQLite:///jobs.sqlite3", workers=0)
+    assert tasks.backend(app).url == f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    tasks.backend(app).close()

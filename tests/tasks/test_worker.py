@@ -21,7 +21,7 @@ from flask_queue.exceptions import BackendError
 from flask_queue.tasks import JobRecord
 from flask_queue.tasks.backends.sqlite import SQLiteBackend
 
-from .conftest import MakeQueue
+from .conftest import MakeQueue, in_process_threads
 
 
 def _raw_job(task: str, payload: str) -> JobRecord:
@@ -150,9 +150,9 @@ def test_memory_jobs_left_at_shutdown_are_reported(tmp_path: Path, caplog: pytes
 def test_workers_start_at_the_first_request(make_queue: MakeQueue) -> None:
     app, tasks = make_queue(workers=1)
     app.add_url_rule("/", "index", lambda: "ok")
-    assert tasks.stats()["workers"]["threads"] == 0
+    assert in_process_threads(tasks) == 0
     app.test_client().get("/")
-    assert tasks.stats()["workers"]["threads"] == 1
+    assert in_process_threads(tasks) == 1
 
 
 def test_workers_do_not_start_in_the_reloaders_watching_process(
@@ -169,7 +169,7 @@ def test_workers_do_not_start_in_the_reloaders_watching_process(
         ctx.params["reload"] = True
         with app.app_context():
             job = noop.enqueue()
-        assert tasks.stats()["workers"]["threads"] == 0
+        assert in_process_threads(tasks) == 0
         monkeypatch.setenv("WERKZEUG_RUN_MAIN", "true")  # the reloader's child serves: it runs jobs
         app.test_client().get("/")
         assert job.result(timeout=30) is None
@@ -184,7 +184,7 @@ def test_workers_zero_runs_nothing_in_process(make_queue: MakeQueue) -> None:
     with app.app_context():
         job = noop.enqueue()
         tasks.start()
-    assert tasks.stats()["workers"]["threads"] == 0
+    assert in_process_threads(tasks) == 0
     assert job.status is JobStatus.QUEUED
 
 
@@ -302,7 +302,7 @@ def test_other_flask_commands_do_not_start_workers(tmp_path: Path) -> None:
     @app.cli.command("enqueue-nightly")
     def enqueue_nightly() -> None:
         nightly.enqueue()
-        print("threads", tasks.stats()["workers"]["threads"])
+        print("threads", in_process_threads(tasks))
 
     result = CliRunner().invoke(FlaskGroup(create_app=lambda: app), ["enqueue-nightly"])
     assert result.exit_code == 0, result.output

@@ -281,6 +281,23 @@ def read_body() -> Any:
     return f"read {len(request.get_data())}"
 
 
+@app.get("/flask/undecorated")  # type: ignore[type-var]  # the mistake under test
+@queue.exempt
+def undecorated() -> Generator[Future[Any], Any, Any]:
+    """Yields a Future without @suspendable: a mistake, which must not answer 200."""
+    value = yield later(0.05, "value")
+    return value
+
+
+# @suspendable above the route decorator, a mistake: Flask registered the undecorated function.
+@suspendable  # type: ignore[type-var]
+@app.get("/flask/decorator-above")
+@queue.exempt
+def decorator_above() -> Generator[Future[Any], Any, Any]:
+    value = yield later(0.05, "value")
+    return value
+
+
 @app.post("/flask/unread")
 @queue.exempt
 @suspendable

@@ -105,6 +105,48 @@ def test_init_app_changes_nothing_for_other_servers(views: Flask) -> None:
     assert views.test_client().get("/ctx?tag=x").json == {"doubled": 42, "echoed": "x", "g": "x"}
 
 
+def test_a_view_yielding_futures_without_suspendable_raises_naming_it_under_any_server(app: Flask) -> None:
+    """With init_app (the WSGI+ worker calls it; an app may call it in its factory), a generator view that
+    yields a Future raises at its first Future, naming the fix, instead of streaming a wrong body."""
+
+    @app.get("/missing")  # type: ignore[type-var]  # the mistake under test
+    def missing() -> Generator[Future[Any], Any, Any]:
+        value = yield in_thread(lambda: 1)
+        return value
+
+    @suspendable  # type: ignore[type-var]  # the mistake under test
+    @app.get("/above")
+    def above() -> Generator[Future[Any], Any, Any]:
+        value = yield in_thread(lambda: 1)
+        return value
+
+    @app.get("/stream")
+    def stream() -> Generator[str, None, None]:
+        yield "a"
+        yield "b"
+
+    wsgiplus.init_app(app)
+    client = app.test_client()
+    with pytest.raises(
+        TypeError, match=r"view .*missing yielded a concurrent\.futures\.Future: .* needs @suspendable"
+    ):
+        client.get("/missing")
+    with pytest.raises(TypeError, match="@suspendable is above the route decorator"):
+        client.get("/above")
+    assert client.get("/stream").data == b"ab"  # a streamed body still streams
+
+
+def test_init_app_refuses_a_flask_without_the_dispatch_it_parks(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask 3.2 merges the request context into the app context: refused at start, naming the range."""
+    from flask_queue.wsgiplus import views
+
+    monkeypatch.setattr(views, "_cv_request", None)
+    with pytest.raises(RuntimeError, match=r"Flask >= 3\.0, < 3\.2.*pip install 'flask<3\.2'"):
+        wsgiplus.init_app(app)
+
+
 def test_suspendable_needs_a_generator_function() -> None:
     with pytest.raises(TypeError, match="needs a generator function"):
         suspendable(lambda: None)  # type: ignore[arg-type,return-value]

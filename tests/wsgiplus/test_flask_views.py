@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.servers._live import wait_for
 
 from .conftest import SUSPEND_TIMEOUT, Client, fetch_concurrently
@@ -46,6 +48,22 @@ def test_an_unhandled_failing_future_is_flask_s_500(live: Client) -> None:
     assert response.status_code == 500
     assert "Internal Server Error" in response.text
     assert "teardown /flask/raise" in live.get("/events").json()
+
+
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [
+        ("/flask/undecorated", "needs @suspendable"),
+        ("/flask/decorator-above", "@suspendable is above the route decorator"),
+    ],
+)
+def test_a_view_that_yields_a_future_without_suspendable_is_a_500_that_names_the_fix(
+    live: Client, path: str, hint: str
+) -> None:
+    """It answered 200 with the Future's result sent into a streamed body (an empty one, or None)."""
+    response = live.get(path)
+    assert response.status_code == 500
+    wait_for("the error in the log", live.log, lambda log: hint in log)
 
 
 def test_a_cancelled_future_raises_cancelled_error_in_the_view(live: Client) -> None:

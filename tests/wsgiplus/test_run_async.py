@@ -81,6 +81,41 @@ def test_cancelling_the_future_cancels_the_running_coroutine() -> None:
     assert outcome == ["cancelled"]
 
 
+def test_a_coroutine_that_finishes_after_its_future_was_cancelled_is_dropped_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server cancels a parked view's future (client gone, suspend timeout); the producer must not then
+    fail setting a result (InvalidStateError) on the loop or in a thread."""
+    started, release = threading.Event(), threading.Event()
+
+    async def ignores_cancel() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "finished anyway"  # swallows the cancellation: its result has nowhere to go
+        return "slept"
+
+    def blocks() -> str:
+        started.set()
+        release.wait(WAIT)
+        return "done"
+
+    with caplog.at_level("DEBUG"):
+        future = run_async(ignores_cancel())
+        assert started.wait(WAIT)
+        assert future.cancel()
+        run_async(asyncio.sleep(0.01)).result(WAIT)
+        started.clear()
+        threaded = wsgiplus.in_thread(blocks)
+        assert started.wait(WAIT)
+        assert not threaded.cancel()  # running already: cancel() says no, the result still arrives
+        release.set()
+        assert threaded.result(WAIT) == "done"
+    assert future.cancelled()
+    assert not [record for record in caplog.records if record.levelname in ("ERROR", "CRITICAL")]
+
+
 def test_a_future_cancelled_before_its_coroutine_starts_never_runs_it() -> None:
     loop_busy, release = threading.Event(), threading.Event()
     ran: list[str] = []

@@ -16,6 +16,9 @@ It finds the queues in ``app.extensions`` (a ``RequestQueue``, a ``TaskQueue``, 
 - ``<prefix>/api/stats``, ``<prefix>/api/jobs`` and ``<prefix>/api/jobs/<id>``: the same as JSON.
 - ``POST <prefix>/jobs/<id>/retry`` and ``.../cancel``: the actions.
 
+When the task backend does not answer, the overview and ``/api/stats`` say so (``"up": false``) and keep
+serving the request lanes; the job pages, their JSON and the actions answer 503.
+
 Security. Every request passes ``authorize()`` (no argument; it reads ``flask.request`` or the login state and
 returns a bool), or is answered 403. Without a callback the dashboard answers only in debug mode and only to
 a loopback client: enough for a laptop, never open on a server by accident. An action is a POST carrying

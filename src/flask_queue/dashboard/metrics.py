@@ -15,7 +15,12 @@ What it exports, and where each number comes from:
   the processes (see below).
 - ``flask_queue_jobs{queue,status}``, ``flask_queue_workers``, ``flask_queue_worker_threads`` and
   ``flask_queue_worker_jobs_running``: read from the task backend at scrape time. Every process shares the
-  backend, so whichever process answers the scrape gives the same, current numbers.
+  backend, so whichever process answers the scrape gives the same, current numbers. The worker figures are
+  the sums of the workers' last heartbeats (one every few seconds); ``flask_queue_jobs{status="running"}`` is
+  the backend's count now.
+- ``flask_queue_backend_up``: 1 when this scrape read the task backend, 0 when it could not (unreachable,
+  failing). Then the families above are left out of the scrape, rather than reported as zeros, and the
+  request figures are served as usual: alert on ``flask_queue_backend_up == 0``.
 
 Several processes (gunicorn ``--workers N``): a scrape reaches one of them, so the request figures must be
 added up across all. Set ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder before the server starts (for
@@ -42,7 +47,9 @@ from typing import TYPE_CHECKING, Any, Final
 from flask import Response, current_app, request
 
 from .. import _checks, _keys, signals
+from ..exceptions import BackendError
 from ..tasks import JobStatus
+from ._data import log_outage
 
 try:
     from prometheus_client import (
@@ -83,7 +90,8 @@ _RUNNING_KEY: Final = "flask_queue.metrics.running"
 class Metrics:
     """Serve the queues' figures at ``path`` (``QUEUE_METRICS_PATH``, default ``/metrics``) for Prometheus.
 
-    Raises ``RuntimeError`` if set up twice on one app. See the module docstring for what it exports.
+    Raises ``RuntimeError`` if set up twice on one app, ``ConfigurationError`` for a bad path, ``TypeError`` if
+    ``app`` is no Flask app. See the module docstring for what it exports.
     """
 
     def __init__(self, app: Flask | None = None, *, path: str = DEFAULT_PATH) -> None:
@@ -92,6 +100,8 @@ class Metrics:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        _checks.flask_app("Metrics", app)
+        _checks.unknown_settings(app, "QUEUE_METRICS_", ["path"])
         if _keys.METRICS in app.extensions:
             raise RuntimeError(f"Metrics are already set up on app {app.name!r}; init_app runs once per app")
         path = _checks.url_path(
@@ -194,27 +204,44 @@ class _Exposition(Collector):
         yield from self._recorder.registry.collect()
         if self._backend is None:
             return
+        try:
+            # Read it all before yielding any: a backend that fails halfway leaves out every task family.
+            families = self._task_families(self._backend)
+        except BackendError as error:
+            log_outage("/metrics", self._backend.url, error)
+            families = []
+        yield GaugeMetricFamily(
+            "flask_queue_backend_up",
+            "1 if this scrape read the task backend, 0 if it could not (its families are then left out).",
+            value=1 if families else 0,
+        )
+        yield from families
+
+    @staticmethod
+    def _task_families(backend: Backend) -> list[Metric]:
         jobs = GaugeMetricFamily(
             "flask_queue_jobs", "Jobs in the task backend, by queue and status.", labels=["queue", "status"]
         )
-        for queue, counts in sorted(self._backend.counts().items()):
+        for queue, counts in sorted(backend.counts().items()):
             for status in JobStatus:
                 jobs.add_metric([queue, str(status)], counts.get(str(status), 0))
-        yield jobs
-        workers = self._backend.workers()
-        yield GaugeMetricFamily(
-            "flask_queue_workers", "Task workers alive (a heartbeat within its ttl).", value=len(workers)
-        )
-        yield GaugeMetricFamily(
-            "flask_queue_worker_threads",
-            "Threads of the task workers alive.",
-            value=sum(worker.threads for worker in workers),
-        )
-        yield GaugeMetricFamily(
-            "flask_queue_worker_jobs_running",
-            "Jobs the task workers alive are running.",
-            value=sum(worker.running for worker in workers),
-        )
+        workers = backend.workers()
+        return [
+            jobs,
+            GaugeMetricFamily(
+                "flask_queue_workers", "Task workers alive (a heartbeat within its ttl).", value=len(workers)
+            ),
+            GaugeMetricFamily(
+                "flask_queue_worker_threads",
+                "Threads of the task workers alive.",
+                value=sum(worker.threads for worker in workers),
+            ),
+            GaugeMetricFamily(
+                "flask_queue_worker_jobs_running",
+                "Jobs the task workers alive are running, as of their last heartbeats.",
+                value=sum(worker.running for worker in workers),
+            ),
+        ]
 
 
 def _metrics_view() -> Response:

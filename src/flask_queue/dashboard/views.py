@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +28,9 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from .. import _checks, _keys
+from ..exceptions import BackendError
 from ..tasks import JobStatus
-from ._data import PER_PAGE, Queues, job_data, snapshot
+from ._data import PER_PAGE, Queues, displayable, job_data, snapshot
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -38,10 +40,14 @@ if TYPE_CHECKING:
 
 __all__ = ["CSRF_FIELD", "DEFAULTS", "Dashboard", "blueprint"]
 
+log = logging.getLogger("flask_queue.dashboard")
+
 #: Every setting, its default, and its config key (``QUEUE_DASHBOARD_<NAME>``): where the dashboard is served,
 #: the callback that allows a request (``None``: debug mode and loopback clients only), and how many
 #: seconds the page waits between two updates.
 DEFAULTS: Final[Mapping[str, Any]] = {"url_prefix": "/queue", "authorize": None, "refresh": 2.0}
+#: The longest ``refresh``, in seconds: a page that waits longer is not live.
+MAX_REFRESH: Final = 3600.0
 
 CSRF_FIELD: Final = "csrf_token"
 _CSRF_COOKIE: Final = "flask_queue_csrf"
@@ -64,7 +70,7 @@ blueprint = Blueprint(
 @dataclass(frozen=True)
 class _Settings:
     url_prefix: str
-    authorize: Callable[[], bool] | None
+    authorize: Callable[[], object] | None
     refresh: float
 
 
@@ -93,7 +99,9 @@ class Dashboard:
 
     def init_app(self, app: Flask) -> None:
         """Serve the dashboard on ``app``. Raises ``RuntimeError`` if done twice, ``ConfigurationError`` for a bad
-        setting."""
+        setting, ``TypeError`` if ``app`` is no Flask app."""
+        _checks.flask_app("Dashboard", app)
+        _checks.unknown_settings(app, "QUEUE_DASHBOARD_", DEFAULTS)
         if _keys.DASHBOARD in app.extensions:
             raise RuntimeError(
                 f"a Dashboard is already set up on app {app.name!r}; init_app runs once per app"
@@ -110,9 +118,14 @@ class Dashboard:
 def _check(values: dict[str, Any]) -> _Settings:
     prefix = _checks.url_path("QUEUE_DASHBOARD_URL_PREFIX", values["url_prefix"], example="/queue")
     authorize = _checks.function(
-        "QUEUE_DASHBOARD_AUTHORIZE", values["authorize"], what="a function returning True or False, or None"
+        "QUEUE_DASHBOARD_AUTHORIZE",
+        values["authorize"],
+        what="a function of no argument returning True or False, or None",
+        no_argument=True,
     )
     refresh = _checks.number("QUEUE_DASHBOARD_REFRESH", values["refresh"], strict=True, hint=" (seconds)")
+    if refresh > MAX_REFRESH:
+        raise _checks.fail("QUEUE_DASHBOARD_REFRESH", f"a number of seconds up to {MAX_REFRESH:g}", refresh)
     return _Settings(prefix, authorize, float(refresh))
 
 
@@ -128,7 +141,9 @@ def _settings() -> _Settings:
 def _guard() -> ResponseReturnValue | None:
     authorize = _settings().authorize
     allowed = (
-        bool(authorize()) if authorize is not None else current_app.debug and _loopback(request.remote_addr)
+        _allowed(authorize())
+        if authorize is not None
+        else current_app.debug and _loopback(request.remote_addr)
     )
     if not allowed:
         return _plain(
@@ -141,6 +156,19 @@ def _guard() -> ResponseReturnValue | None:
             "Bad request: the form's CSRF token is missing or stale. Reload the dashboard and try again.", 400
         )
     return None
+
+
+def _allowed(answer: object) -> bool:
+    # True or False, as documented; 1 and 0 (a database's booleans) and None (no user) read as such. Anything
+    # else is refused: a login redirect returned as a Response is truthy, and must not open the dashboard.
+    if answer is None or isinstance(answer, int):
+        return bool(answer)
+    log.error(
+        "the dashboard's authorize callback returned %s, not True or False: the request is refused"
+        " (to send the user to a login page, return False, or raise flask.abort(redirect(...)))",
+        type(answer).__name__,
+    )
+    return False
 
 
 def _loopback(address: str | None) -> bool:
@@ -276,23 +304,52 @@ def job(job_id: str) -> str:
 
 def _job_page(job_id: str, notice: str | None = None) -> str:
     queues = _queues()
-    record = _backend().get(job_id)
+    record = _backend().get(_job_id(job_id))
     if record is None:
         abort(404, _NO_SUCH_JOB)
+    job = job_data(record, queues.serializer, full=True)
     return render_template(
         "flask_queue_dashboard/job.html",
-        job=job_data(record, queues.serializer, full=True),
-        notice=notice or _NOTICES.get(request.args.get("done", "")),
+        job=job,
+        notice=notice or _notice(request.args.get("done", ""), job["status"]),
     )
 
 
 # The id is not repeated: an error page echoes nothing from the URL.
 _NO_SUCH_JOB: Final = "There is no such job (it may have expired or been purged)."
+#: No backend makes ids this long, and no one names a queue so: a longer one is refused without asking it.
+_MAX_ID: Final = 200
 
-_NOTICES: Final = {
-    "retried": "Queued again: it runs when a worker is free.",
-    "cancelled": "Cancelled: no worker will run it.",
+
+def _job_id(job_id: str) -> str:
+    if len(job_id) > _MAX_ID or not job_id.isprintable():
+        abort(404, _NO_SUCH_JOB)
+    return job_id
+
+
+# What the page after an action says, by the job's status now: a worker may have taken the job (or another
+# tab changed it) between the action and this page, and the notice must not contradict the badge beside it.
+_NOTICES: Final[Mapping[str, Mapping[str, str]]] = {
+    "retried": {
+        "queued": "Queued again: it runs when a worker is free.",
+        "scheduled": "Queued again; it has run since, failed, and waits for its next attempt.",
+        "running": "Queued again: a worker is running it now.",
+        "succeeded": "Queued again; it has run since and succeeded.",
+        "failed": "Queued again; it has run since and failed again.",
+        "cancelled": "Queued again; it has been cancelled since.",
+    },
+    "cancelled": {
+        "cancelled": "Cancelled: no worker will run it.",
+        "queued": "Cancelled; it has been queued again since.",
+    },
 }
+
+
+def _notice(done: str, status: str) -> str | None:
+    notices = _NOTICES.get(done)
+    if notices is None:
+        return None
+    return notices.get(status, f"Done; it is {status} now.")
 
 
 @blueprint.post("/jobs/<job_id>/retry")
@@ -307,7 +364,7 @@ def cancel(job_id: str) -> ResponseReturnValue:
 
 def _act(job_id: str, done: str, refused: str) -> ResponseReturnValue:
     backend = _backend()
-    if backend.get(job_id) is None:
+    if backend.get(_job_id(job_id)) is None:
         abort(404, _NO_SUCH_JOB)
     changed = backend.requeue(job_id) if done == "retried" else backend.cancel(job_id)
     if not changed:
@@ -340,7 +397,7 @@ def api_jobs() -> Response:
 
 @blueprint.get("/api/jobs/<job_id>")
 def api_job(job_id: str) -> Response:
-    record = _backend().get(job_id)
+    record = _backend().get(_job_id(job_id))
     if record is None:
         abort(404, _NO_SUCH_JOB)
     return jsonify(job_data(record, _queues().serializer, full=True))
@@ -350,9 +407,24 @@ def api_job(job_id: str) -> Response:
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     # The API answers errors as JSON, the pages as short text; either way nothing from the URL is markup.
     status = error.code or 500
-    if (request.endpoint or "").startswith(f"{blueprint.name}.api_"):
+    if _is_api():
         return jsonify(error=error.description), status
     return _plain(error.description or error.name, status)
+
+
+@blueprint.errorhandler(BackendError)
+def _backend_down(error: BackendError) -> ResponseReturnValue:
+    # The message names the backend with its password hidden. The overview does not get here: it says the
+    # backend is down beside the figures it still has (the request lanes).
+    message = displayable(f"The task backend is unavailable ({error}). Try again when it answers.")
+    response = jsonify(error=message) if _is_api() else _plain(message, 503)
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def _is_api() -> bool:
+    return (request.endpoint or "").startswith(f"{blueprint.name}.api_")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -370,7 +442,8 @@ def _backend() -> Backend:
 
 
 def _job_filters() -> tuple[JobStatus | None, str | None, int]:
-    """``status``, ``queue`` and ``page`` from the query string; 400 for a malformed one."""
+    """``status``, ``queue`` and ``page`` from the query string; 400 for a malformed one (a control character
+    in ``queue`` included: PostgreSQL cannot even compare a NUL)."""
     raw_status = request.args.get("status") or None
     try:
         status = None if raw_status is None else JobStatus(raw_status)
@@ -379,4 +452,7 @@ def _job_filters() -> tuple[JobStatus | None, str | None, int]:
     raw_page = request.args.get("page", "1")
     if not raw_page.isascii() or not raw_page.isdigit() or int(raw_page) < 1 or len(raw_page) > 9:
         abort(400, "page must be a whole number from 1.")
-    return status, request.args.get("queue") or None, int(raw_page)
+    queue = request.args.get("queue") or None
+    if queue is not None and (len(queue) > _MAX_ID or not queue.isprintable()):
+        abort(400, f"queue must be the name of a queue (printable, up to {_MAX_ID} characters).")
+    return status, queue, int(raw_page)

@@ -6,7 +6,7 @@ lanes per endpoint, exempt views and priority classes.
 
 from __future__ import annotations
 
-from .extension import RequestQueue
+from .extension import ReleasingClient, RequestQueue
 from .lane import REASONS, Lane
 from .middleware import DEFAULT_LANE, EXEMPT, Classifier, LaneSelector, RejectResponse, RequestQueueMiddleware
 from .request_start import parse_request_start, upstream_wait
@@ -19,6 +19,7 @@ __all__ = [
     "Lane",
     "LaneSelector",
     "RejectResponse",
+    "ReleasingClient",
     "RequestQueue",
     "RequestQueueMiddleware",
     "parse_request_start",

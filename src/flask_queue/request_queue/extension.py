@@ -27,11 +27,12 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from flask import Blueprint
+from flask import Blueprint, current_app, has_app_context
+from flask.testing import FlaskClient
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import MapAdapter
 
-from .. import _keys
+from .. import _checks, _keys
 from .._types import StartResponse, WSGIApplication, WSGIEnvironment
 from ..exceptions import ConfigurationError
 from .middleware import (
@@ -50,8 +51,9 @@ from .middleware import (
 if TYPE_CHECKING:
     from flask import Flask
     from flask.typing import ResponseReturnValue
+    from werkzeug.test import TestResponse
 
-__all__ = ["RequestQueue"]
+__all__ = ["ReleasingClient", "RequestQueue"]
 
 log = logging.getLogger("flask_queue.request_queue")
 
@@ -102,11 +104,16 @@ class RequestQueue:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        """Put the request queue in front of ``app``; raises ``RuntimeError`` if it already has one."""
+        """Put the request queue in front of ``app``; raises ``RuntimeError`` if it already has one,
+        ``TypeError`` if ``app`` is not a Flask app (for any WSGI application, use ``RequestQueueMiddleware``)."""
+        _checks.flask_app(
+            "RequestQueue", app, hint=" (for any WSGI application: RequestQueueMiddleware(app))"
+        )
         if _keys.REQUEST_QUEUE in app.extensions:
             raise RuntimeError(
                 "This app already has a RequestQueue; a second one would queue every request twice."
             )
+        _checks.unknown_settings(app, "REQUEST_QUEUE_", self._defaults)
         settings = {}
         for name, default in self._defaults.items():
             settings[name] = app.config.setdefault(f"REQUEST_QUEUE_{name.upper()}", default)
@@ -126,7 +133,21 @@ class RequestQueue:
             middleware.add_lane(name, **limits)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[_keys.REQUEST_QUEUE] = middleware
+        if app.test_client_class is None:
+            app.test_client_class = ReleasingClient
         self._apps.add(app)
+        read = {f"REQUEST_QUEUE_{name.upper()}": value for name, value in settings.items()}
+
+        def check_config_once() -> None:
+            # At the first request: a setting changed after init_app is ignored, and said so. Then this
+            # function takes itself out (a new list, so that Flask's loop over the old one goes on unharmed).
+            functions = app.before_request_funcs.get(None, [])
+            app.before_request_funcs[None] = [
+                function for function in functions if function is not check_config_once
+            ]
+            _checks.changed_settings(app, read, since="RequestQueue.init_app")
+
+        app.before_request(check_config_once)
 
     def lane(
         self,
@@ -166,7 +187,10 @@ class RequestQueue:
         view of a blueprint (and of the blueprints nested in it). A view's own mark wins over its blueprint's.
 
         :raises ConfigurationError: (a ``ValueError``) when ``lane`` was not defined with ``lane()``.
+        :raises TypeError: when ``lane`` is not a name (``@queue.limit`` without its lane).
         """
+        if not isinstance(lane, str):
+            raise TypeError(f'queue.limit takes the name of a lane: @queue.limit("reports"), not {lane!r}')
         if lane != DEFAULT_LANE and lane not in self._lanes:
             known = ", ".join(repr(name) for name in [DEFAULT_LANE, *self._lanes])
             raise ConfigurationError(
@@ -220,15 +244,39 @@ class RequestQueue:
         return func
 
     def stats(self, app: Flask | None = None) -> dict[str, Any]:
-        """The request queue's figures for ``app`` (default: the current app); see ``RequestQueueMiddleware.stats``."""
+        """The request queue's figures for ``app``; see ``RequestQueueMiddleware.stats``.
+
+        Without ``app``: the current app, or outside an app context (a monitoring thread) the one app this
+        queue is set up on. Thread-safe.
+
+        :raises RuntimeError: naming the fix, when there is no current app and the queue is set up on none or
+            on several apps.
+        """
+        if app is None and not has_app_context():
+            apps = list(self._apps)
+            if len(apps) != 1:
+                raise RuntimeError(
+                    "queue.stats() outside an app context needs the app: call queue.stats(app)"
+                    + (
+                        " (this RequestQueue is set up on several apps)"
+                        if apps
+                        else " (it is set up on no app yet)"
+                    )
+                )
+            app = apps[0]
         return self.middleware(app).stats()
 
     @staticmethod
     def middleware(app: Flask | None = None) -> RequestQueueMiddleware:
-        """The middleware installed for ``app`` (default: the current app)."""
-        if app is None:
-            from flask import current_app
+        """The middleware installed for ``app`` (default: the current app).
 
+        :raises RuntimeError: when ``app`` has no ``RequestQueue``, or none is given outside an app context.
+        """
+        if app is None:
+            if not has_app_context():
+                raise RuntimeError(
+                    "RequestQueue.middleware() outside an app context needs the app: middleware(app)"
+                )
             app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
             middleware: RequestQueueMiddleware = app.extensions[_keys.REQUEST_QUEUE]
@@ -344,3 +392,17 @@ def _match_endpoint(adapter: MapAdapter, environ: WSGIEnvironment) -> str | None
         return None  # Flask answers it without calling the view: it must not wait in the view's lane
     endpoint: str = rule.endpoint
     return endpoint
+
+
+class ReleasingClient(FlaskClient):
+    """Flask's test client, reading each response to its end and closing it, as a server does.
+
+    A request holds its lane's slot until its response is closed. A server closes it once the body is sent;
+    Flask's test client leaves that to the test (``response.close()``), so six ``client.get("/")`` in a row
+    on a lane of concurrency 4 would get four answers and two rejections. ``RequestQueue.init_app`` makes this
+    the app's ``test_client_class`` when the app has none of its own. ``client.get(..., buffered=False)``
+    keeps a streamed response open, and its slot taken, until the test closes it.
+    """
+
+    def open(self, *args: Any, buffered: bool = True, **kwargs: Any) -> TestResponse:
+        return super().open(*args, buffered=buffered, **kwargs)

@@ -207,6 +207,8 @@ class RequestQueueMiddleware:
         reject_response: RejectResponse | None = None,
         signal_sender: object = None,
     ) -> None:
+        if not callable(app):
+            raise TypeError(f"RequestQueueMiddleware wraps a WSGI application (a callable), not {app!r}")
         self.app = app
         self.status = _checks.integer(
             "status", status, minimum=400, maximum=599, hint=" (an HTTP error status)"

@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 import click
@@ -70,6 +70,10 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "shutdown_timeout": 10.0,
 }
 DEFAULT_SQLITE: Final = "sqlite:///flask_queue.sqlite3"
+#: The backend of an app with ``TESTING = True`` and no ``TASK_QUEUE_BACKEND``: its own, in memory.
+DEFAULT_TESTING: Final = "memory://"
+#: Seconds after ``init_app`` at which ``flask run``'s serving process starts its workers.
+FLASK_RUN_START_DELAY: Final = 0.5
 
 
 @dataclass(eq=False)
@@ -91,6 +95,12 @@ class QueueState:
     #: In-process workers are not started here (``flask queue ...`` commands, ``workers=0``).
     no_workers: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The config keys ``init_app`` read, with their values: a later change to one is warned about.
+    read: dict[str, Any] = field(default_factory=dict)
+    #: Whether the app's config was compared with ``read`` already (at the first request or enqueue).
+    config_checked: bool = False
+    #: Whether a ``flask`` command that runs no worker said so already (at its first enqueue).
+    hinted: bool = False
 
 
 class TaskQueue:
@@ -150,16 +160,22 @@ class TaskQueue:
     def init_app(self, app: Flask) -> None:
         """Set up the queue on ``app``: read its config, open its backend. Raises ``RuntimeError`` if done twice,
         ``ConfigurationError`` for a bad setting, ``BackendError`` for a backend it cannot use."""
+        _checks.flask_app("TaskQueue", app, hint=" (the backend is a setting: TaskQueue(app, backend=URL))")
         if _keys.TASKS in app.extensions:
             raise RuntimeError(
                 f"a TaskQueue is already set up on app {app.name!r}; init_app runs once per app"
             )
+        _checks.unknown_settings(app, "TASK_QUEUE_", DEFAULTS)
         settings = {
             name: app.config.setdefault(f"TASK_QUEUE_{name.upper()}", value)
             for name, value in self.defaults.items()
         }
+        read = {f"TASK_QUEUE_{name.upper()}": value for name, value in settings.items()}
+        read["TESTING"] = app.testing
         _check_settings(settings)
-        url = settings["backend"] or DEFAULT_SQLITE
+        # An app's test suite must not share the queue of its dev server (the SQLite file in instance/): the
+        # pytest process would run the dev server's jobs against the test database, and the other way round.
+        url = settings["backend"] or (DEFAULT_TESTING if app.testing else DEFAULT_SQLITE)
         backend = backend_from_url(url, base_dir=app.instance_path)
         executor = Executor(
             app=app,
@@ -171,12 +187,21 @@ class TaskQueue:
             retry_backoff_max=settings["retry_backoff_max"],
             immediate_retries=bool(settings["eager"]),
         )
-        state = QueueState(app=app, extension=self, settings=settings, backend=backend, executor=executor)
+        state = QueueState(
+            app=app, extension=self, settings=settings, backend=backend, executor=executor, read=read
+        )
         state.no_workers = settings["workers"] == 0 or bool(settings["eager"])
         app.extensions[_keys.TASKS] = state
         self._apps.add(app)
         self._only = state if len(self._apps) == 1 else None
         app.before_request(lambda: self._ensure_started(state))
+        if not state.no_workers and _flask_command() == ("run", True):
+            # The dev server's process (the reloader's child after each restart): start the workers without
+            # waiting for a request, so a backlog does not sit idle, but once the app factory has finished
+            # setting the app up (a job must not run before the extensions it uses exist).
+            starter = threading.Timer(FLASK_RUN_START_DELAY, self._start_quietly, args=(state,))
+            starter.daemon = True
+            starter.start()
         from .cli import queue_command
 
         if "queue" not in app.cli.commands:
@@ -384,18 +409,16 @@ class TaskQueue:
         """Jobs ready to run now in ``queue``, or in every queue."""
         return self.state().backend.size(queue)
 
-    def stats(self) -> dict[str, Any]:
-        """Plain data: the backend, ``{queue: {status: count}}`` and this process's workers."""
-        state = self.state()
-        worker = state.worker
+    def stats(self, app: Flask | None = None) -> dict[str, Any]:
+        """Plain data, as ``flask queue status --json`` prints it: the backend's URL (password hidden),
+        ``{queue: {status: count}}``, and the live workers of every process on the backend, a dict each
+        (``name``, ``host``, ``pid``, ``queues``, ``threads``, ``running``, ``processed``, ``started_at``,
+        ``seen_at``, ``ttl``; see ``WorkerInfo``). Works outside an app context when the queue has one app."""
+        state = self.state(app)
         return {
             "backend": state.backend.url,
             "queues": state.backend.counts(),
-            "workers": {
-                "threads": 0 if worker is None else worker.threads,
-                "running": 0 if worker is None else worker.running,
-                "processed": 0 if worker is None else worker.processed,
-            },
+            "workers": [asdict(info) for info in state.backend.workers()],
         }
 
     # -- workers -------------------------------------------------------------------------------------------
@@ -407,9 +430,21 @@ class TaskQueue:
     def _ensure_started(self, state: QueueState, explicit: bool = False) -> None:
         if state.worker is not None and state.pid == os.getpid():
             return
+        if not state.config_checked:
+            state.config_checked = True
+            _checks.changed_settings(state.app, state.read, since="TaskQueue.init_app")
         if state.pid != os.getpid():
             self.after_fork(state)
-        if state.no_workers or (not explicit and _must_not_start_workers()):
+        if state.no_workers:
+            return
+        if not explicit and _must_not_start_workers():
+            if not state.hinted:
+                state.hinted = True
+                log.warning(
+                    "`%s` runs no task worker, so the jobs it enqueues wait for a web process's workers or"
+                    " `flask queue worker` (call tasks.drain() to run them here and now)",
+                    _command_name(),
+                )
             return
         with state.lock:
             if state.worker is not None:
@@ -423,6 +458,14 @@ class TaskQueue:
             )
             worker.start()
             state.worker = worker
+
+    def _start_quietly(self, state: QueueState) -> None:
+        try:
+            self._ensure_started(state, explicit=True)
+        except Exception:
+            log.exception(
+                "could not start the task workers of %r; they start at the first request", state.app.name
+            )
 
     def after_fork(self, state: QueueState) -> None:
         """Renew ``state`` in a child process: forget the parent's workers, reopen the backend (once).
@@ -491,28 +534,54 @@ def _check_settings(settings: dict[str, Any]) -> None:
     if queues is not None:
         if isinstance(queues, str):
             queues = settings["queues"] = [name.strip() for name in queues.split(",") if name.strip()]
-        if not queues or not all(isinstance(name, str) and name for name in queues):
+        if (
+            not queues
+            or isinstance(queues, (bytes, dict))
+            or not all(isinstance(name, str) and name for name in queues)
+        ):
             raise ConfigurationError(
                 f"TASK_QUEUE_QUEUES must be None or a list of queue names, not {queues!r}"
             )
+        for name in queues:
+            _checks.name("TASK_QUEUE_QUEUES", name)
 
 
-def _must_not_start_workers() -> bool:
-    """Whether this process must not start workers by itself: the process of ``flask run --reload`` that
-    only watches files (it never serves), or any other ``flask`` command (``flask shell``, ``flask queue``,
-    a migration): their jobs wait for the processes that serve, or for ``flask queue worker``."""
+def _flask_command() -> tuple[str | None, bool]:
+    """The ``flask`` command this process runs (``None`` outside Flask's CLI), and whether it serves.
+
+    ``flask run`` serves in the process that has ``WERKZEUG_RUN_MAIN`` set (the reloader's child), or in its
+    own process without the reloader; the reloader's watching parent never serves. Any other command
+    (``flask shell``, ``flask queue``, a migration, a command of the app's) never serves: its jobs wait for
+    the processes that serve, or for ``flask queue worker``.
+    """
     if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
-        return False
+        return "run", True
     ctx = click.get_current_context(silent=True)
     while ctx is not None:
         if ctx.info_name == "run":
             reload = ctx.params.get("reload")
             # Unset, it follows --debug (flask run decides so only after loading the app).
-            return bool(get_debug_flag() if reload is None else reload)
+            return "run", not bool(get_debug_flag() if reload is None else reload)
         if ctx.parent is None:
-            return isinstance(ctx.command, FlaskGroup)
+            return (ctx.info_name or "flask", False) if isinstance(ctx.command, FlaskGroup) else (None, False)
         ctx = ctx.parent
-    return False
+    return None, False
+
+
+def _must_not_start_workers() -> bool:
+    """Whether this process must not start workers by itself: a ``flask`` command that does not serve."""
+    command, serving = _flask_command()
+    return command is not None and not serving
+
+
+def _command_name() -> str:
+    """The ``flask`` command being run, as ``flask <command> <subcommand>`` (however flask was started)."""
+    ctx = click.get_current_context(silent=True)
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(["flask", *reversed([name for name in names if name])])
 
 
 def _shutdown(state: QueueState, timeout: float | None) -> StopReport:
@@ -559,8 +628,11 @@ class _AtExit:
             atexit.register(self.run)
 
     def run(self) -> None:
+        # The dev server's process exits for a restart (or a Ctrl-C): give running jobs back at once, so the
+        # restart is not held up for TASK_QUEUE_SHUTDOWN_TIMEOUT; the restarted process runs them again.
+        timeout = 0.0 if os.environ.get("WERKZEUG_RUN_MAIN") == "true" else None
         for state in list(self._states):
-            _shutdown(state, None)
+            _shutdown(state, timeout)
 
 
 _AT_EXIT = _AtExit()

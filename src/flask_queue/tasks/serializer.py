@@ -40,9 +40,12 @@ class JSONSerializer:
             if not isinstance(key, str):
                 raise TypeError(f"{task}: keyword argument names must be strings, not {key!r}")
         try:
-            return _encode({"args": list(args), "kwargs": dict(kwargs)})
-        except (TypeError, ValueError) as exc:
+            text = _encode({"args": list(args), "kwargs": dict(kwargs)})
+        except (TypeError, ValueError, RecursionError) as exc:
             raise _name_the_argument(task, args, kwargs) from exc
+        if _has_non_string_key(args) or _has_non_string_key(kwargs.values()):
+            raise _name_the_argument(task, args, kwargs)
+        return text
 
     def loads_call(self, payload: str) -> tuple[list[Any], dict[str, Any]]:
         try:
@@ -59,11 +62,18 @@ class JSONSerializer:
 
     def dumps_result(self, value: Any) -> str:
         try:
-            return _encode(value)
-        except (TypeError, ValueError) as exc:
+            text = _encode(value)
+        except (TypeError, ValueError, RecursionError) as exc:
             raise TypeError(
-                f"the task returned {type(value).__name__}, which JSON cannot carry: {exc}; return plain data"
+                f"the task returned {type(value).__name__}, which JSON cannot carry: {_why(exc)}; return plain data"
             ) from None
+        key = _non_string_key(value)
+        if key is not _NONE:
+            raise TypeError(
+                f"the task returned {type(value).__name__} with the dict key {key!r}, which JSON turns into"
+                f" {str(key)!r}; return string keys"
+            )
+        return text
 
 
 def _name_the_argument(task: str, args: Sequence[Any], kwargs: Mapping[Any, Any]) -> TypeError:
@@ -82,6 +92,46 @@ def _name_the_argument(task: str, args: Sequence[Any], kwargs: Mapping[Any, Any]
 def _problem(value: Any) -> str:
     try:
         json.dumps(value)
-    except (TypeError, ValueError) as exc:
-        return f"({type(value).__name__}) cannot be serialized as JSON: {exc}; pass plain data (or an id)"
+    except (TypeError, ValueError, RecursionError) as exc:
+        return (
+            f"({type(value).__name__}) cannot be serialized as JSON: {_why(exc)}; pass plain data (or an id)"
+        )
+    key = _non_string_key(value)
+    if key is not _NONE:
+        return (
+            f"({type(value).__name__}) has the dict key {key!r} ({type(key).__name__}), which JSON would turn"
+            f" into the string {str(key)!r}: use string keys"
+        )
     return ""
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    return str(exc)
+
+
+_NONE: Any = object()
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _non_string_key(value: Any) -> Any:
+    """The first dict key anywhere in ``value`` that is not a ``str`` (JSON would make it one, silently), or
+    ``_NONE``. Iterative: ``value`` may be nested as deeply as JSON allows."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) in _SCALARS:
+            continue
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    return key
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return _NONE
+
+
+def _has_non_string_key(values: Any) -> bool:
+    return any(type(value) not in _SCALARS and _non_string_key(value) is not _NONE for value in values)

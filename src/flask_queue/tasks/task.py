@@ -7,6 +7,7 @@ A task's options are checked when it is decorated (or when ``options()`` is call
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,11 +57,19 @@ class Task(Generic[P, R]):
         queue_name: str = DEFAULT_QUEUE,
         priority: int = 0,
     ) -> None:
-        if not callable(func):
-            raise TypeError(f"@task decorates a function, not {type(func).__name__}")
+        if not callable(func) or isinstance(func, type):
+            raise TypeError(f"@task decorates a function, not {type(func).__name__} {func!r}")
+        if isinstance(func, Task):
+            raise TypeError(f"{func!r} is a task already: decorate the function once")
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            # Until async tasks exist (they will run on the process's event loop), every job would fail.
+            raise TypeError(
+                f"@tasks.task got the async function {getattr(func, '__qualname__', func)!r}: async def tasks"
+                " are not supported yet; make it a plain def that calls asyncio.run(...)"
+            )
         self.func = func
         self.name = name if name is not None else f"{func.__module__}.{func.__qualname__}"
-        _checks.text("task name", self.name)
+        _checks.name("task name", self.name)
         self.retry_backoff = _checks.number(f"{self.name}: retry_backoff", retry_backoff)
         self.retry_backoff_max = _checks.optional_number(f"{self.name}: retry_backoff_max", retry_backoff_max)
         self._queue = queue
@@ -203,7 +212,7 @@ _PRIORITY_LIMIT = 2**53
 
 
 def _make_options(name: str, queue: str, priority: int, retries: int, timeout: float | None) -> _Options:
-    _checks.text(f"{name}: queue", queue)
+    _checks.name(f"{name}: queue", queue)
     _checks.integer(
         f"{name}: priority",
         priority,

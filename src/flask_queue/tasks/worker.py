@@ -113,13 +113,13 @@ class Executor:
                 " older or newer code than the process that enqueued it?)"
             )
             log.error("job %s cannot run: %s", record.id, error)
-            return _Failure(job, error, "", None, unrunnable=True)
+            return _Failure(job, _storable(error), "", None, unrunnable=True)
         try:
             args, kwargs = self.serializer.loads_call(record.payload)
         except ValueError as exc:
             error = f"CorruptPayload: {exc}"
             log.error("job %s cannot run: %s", record.id, error)
-            return _Failure(job, error, "", None, unrunnable=True)
+            return _Failure(job, _storable(error), "", None, unrunnable=True)
         self._send(signals.task_started, job)
         try:
             with self.app.app_context(), guard():
@@ -129,8 +129,8 @@ class Executor:
             if isinstance(exc, JobTimeout):
                 error = f"JobTimeout: the task ran longer than its timeout of {record.timeout} s"
             else:
-                error = f"{type(exc).__name__}: {exc}"
-            return _Failure(job, error, tb.format_exc(), exc)
+                error = f"{type(exc).__name__}: {_message(exc)}"
+            return _Failure(job, _storable(error), _storable(tb.format_exc()), exc)
         return _Success(job, result, value)
 
     def record_successes(self, worker: str, successes: list[_Success]) -> None:
@@ -640,3 +640,22 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> No
     clears an exception set so but not raised yet."""
     exc = ctypes.py_object(exc_type) if exc_type is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # an exception whose __str__ raises is still the task's failure, not the worker's
+        return f"<the {type(exc).__name__} could not be printed>"
+
+
+def _storable(text: str) -> str:
+    """``text`` as every backend can store it: a lone surrogate (half of a UTF-16 pair, which no UTF-8 text
+    can hold) and a NUL (which PostgreSQL's text refuses) written as escapes, ``\\ud800`` and ``\\x00``.
+
+    An error message or traceback quotes what the task saw, a client's bad input included; one that cannot be
+    stored made the worker take its own write for a backend outage and run the job again.
+    """
+    if text.isascii():
+        return text.replace("\x00", "\\x00") if "\x00" in text else text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

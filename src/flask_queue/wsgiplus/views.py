@@ -1,7 +1,11 @@
 """WSGI+ for Flask: ``@suspendable`` views and ``async def`` views that park instead of holding a thread.
 
-This is the one module that touches Flask's dispatch internals (``flask.globals``); everything else of
-Flask-Queue uses Flask's public API. See ``flask_queue.wsgiplus`` for the usage.
+This is the one module that touches Flask's dispatch internals: the request context's ContextVar
+(``flask.globals._cv_request``), read on every request of a WSGI+ server because ``flask.request`` costs a
+proxy lookup more. It exists in Flask 3.0 and 3.1; Flask 3.2 merges the request context into the app
+context, and ``init_app`` refuses it with an error naming the supported range (checked at import, raised at
+the server's start), rather than failing at request time. Everything else of Flask-Queue uses Flask's public
+API. See ``flask_queue.wsgiplus`` for the usage.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from concurrent.futures import CancelledError, Future
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
 from .. import _keys
 from .._types import StartResponse, WSGIEnvironment
@@ -24,10 +28,21 @@ from .protocol import ENVIRON_KEY, forward, is_wsgi_plus, outcome, resume
 from .runtime import run_async
 
 if TYPE_CHECKING:
+    from contextvars import ContextVar
+
     from flask import Flask, Response
     from flask.ctx import RequestContext
 
-__all__ = ["init_app", "suspendable"]
+try:
+    from flask.globals import _cv_request as _found_cv_request
+except ImportError:  # Flask 3.2 and later: see the module's docstring
+    _found_cv_request = None  # type: ignore[assignment]
+_cv_request: ContextVar[RequestContext] | None = _found_cv_request
+
+#: The Flask versions whose dispatch ``init_app`` knows how to park.
+SUPPORTED_FLASK: Final = "Flask >= 3.0, < 3.2"
+
+__all__ = ["SUPPORTED_FLASK", "init_app", "suspendable"]
 
 log = logging.getLogger("flask_queue.wsgiplus")
 
@@ -135,6 +150,9 @@ def suspendable(view: Callable[P, Generator[Any, Any, R]]) -> Callable[P, R]:
             "a plain view needs no decorator"
         )
 
+    # Told by init_app's check when Flask calls the undecorated view: @suspendable above the route decorator.
+    view._flask_queue_suspendable = True  # type: ignore[attr-defined]
+
     @functools.wraps(view)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         generator = view(*args, **kwargs)
@@ -184,16 +202,24 @@ def init_app(app: Flask) -> None:
     """
     if _keys.WSGIPLUS in app.extensions:
         return
-    from flask import Flask
-    from flask.globals import _cv_request
+    if _cv_request is None:
+        from importlib.metadata import version
 
+        raise RuntimeError(
+            f"flask_queue.wsgiplus parks the views of {SUPPORTED_FLASK}, and this is Flask {version('flask')}:"
+            " install a supported Flask (pip install 'flask<3.2'), or serve the app without WSGI+ (its"
+            " @suspendable views then wait in place)"
+        )
+    from flask import Flask
+
+    cv_request = _cv_request
     app.extensions[_keys.WSGIPLUS] = True
     cls = type(app)
     own_ensure_sync = cls.ensure_sync is Flask.ensure_sync  # Flask's own returns a plain def as it is
 
     def dispatch_request() -> Any:
         # The request context's environ straight from its ContextVar: this runs for every request.
-        if ENVIRON_KEY not in _cv_request.get().request.environ:
+        if ENVIRON_KEY not in cv_request.get().request.environ:
             return cls.dispatch_request(app)
         token = _may_park.set(True)
         try:
@@ -207,6 +233,8 @@ def init_app(app: Flask) -> None:
         return cls.finalize_request(app, rv, from_error_handler)
 
     def ensure_sync(func: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(func):  # a streamed body, or a view missing its @suspendable
+            return _refusing_futures(func if own_ensure_sync else cls.ensure_sync(app, func), func)
         if not inspect.iscoroutinefunction(func):
             return func if own_ensure_sync else cls.ensure_sync(app, func)
 
@@ -222,6 +250,39 @@ def init_app(app: Flask) -> None:
     app.dispatch_request = dispatch_request  # type: ignore[method-assign]
     app.finalize_request = finalize_request  # type: ignore[method-assign]
     app.ensure_sync = ensure_sync  # type: ignore[method-assign]
+
+
+def _refusing_futures(call: Callable[..., Any], view: Callable[..., Any]) -> Callable[..., Any]:
+    """A generator view as Flask calls it, whose body raises ``TypeError`` if it yields a Future.
+
+    Flask streams what a generator view yields; a Future among it is a view that needed ``@suspendable``
+    (missing, or placed above the route decorator so that Flask registered the undecorated function). A
+    WSGI+ server would park on it and send its result into the stream, answering 200 with the wrong body.
+    """
+
+    @functools.wraps(call)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return _no_futures(call(*args, **kwargs), view)
+
+    return run
+
+
+def _no_futures(body: Iterable[Any], view: Callable[..., Any]) -> Generator[Any, None, None]:
+    for item in body:
+        if isinstance(item, Future):
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            name = getattr(view, "__qualname__", repr(view))
+            where = (
+                "@suspendable is above the route decorator, so Flask registered the undecorated view: put"
+                " @suspendable below @app.route (or @app.get, ...)"
+                if getattr(view, "_flask_queue_suspendable", False)
+                else "a view that yields Futures needs @suspendable (from flask_queue.wsgiplus), below the route"
+                " decorator"
+            )
+            raise TypeError(f"the view {name} yielded a concurrent.futures.Future: {where}")
+        yield item
 
 
 def _run_in_place(

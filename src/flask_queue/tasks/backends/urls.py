@@ -29,6 +29,8 @@ def backend_from_url(url: str, *, base_dir: str | os.PathLike[str] | None = None
     if not isinstance(url, str):
         raise ConfigurationError(f"TASK_QUEUE_BACKEND must be a URL string, not {type(url).__name__}")
     scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()  # schemes are case-insensitive (RFC 3986); the backends parse the URL again
+    url = f"{scheme}{sep}{rest}" if sep else url
     if not sep:
         raise ConfigurationError(
             f"TASK_QUEUE_BACKEND={hide_password(url)!r} is not a URL; use one of: {_supported()}"
