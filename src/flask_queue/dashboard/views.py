@@ -279,19 +279,36 @@ def index() -> str:
     )
 
 
-@blueprint.get("/jobs")
-def jobs() -> str:
+@dataclass(frozen=True)
+class _Page:
+    """One page of the job list, as the filters of the query string ask for it."""
+
+    jobs: list[dict[str, Any]]
+    status: JobStatus | None
+    queue: str | None
+    page: int
+    has_next: bool
+
+
+def _list_page() -> _Page:
     backend = _backend()
     status, queue, page = _job_filters()
     records = backend.jobs(status=status, queue=queue, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE)
     serializer = _queues().serializer
+    rows = [job_data(record, serializer) for record in records[:PER_PAGE]]
+    return _Page(rows, status, queue, page, len(records) > PER_PAGE)
+
+
+@blueprint.get("/jobs")
+def jobs() -> str:
+    listed = _list_page()
     return render_template(
         "flask_queue_dashboard/jobs.html",
-        jobs=[job_data(record, serializer) for record in records[:PER_PAGE]],
-        status=None if status is None else str(status),
-        queue=queue,
-        page=page,
-        has_next=len(records) > PER_PAGE,
+        jobs=listed.jobs,
+        status=None if listed.status is None else str(listed.status),
+        queue=listed.queue,
+        page=listed.page,
+        has_next=listed.has_next,
         now=time.time(),
         statuses=[str(status) for status in JobStatus],
     )
@@ -383,16 +400,8 @@ def api_stats() -> Response:
 
 @blueprint.get("/api/jobs")
 def api_jobs() -> Response:
-    backend = _backend()
-    status, queue, page = _job_filters()
-    records = backend.jobs(status=status, queue=queue, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE)
-    serializer = _queues().serializer
-    return jsonify(
-        jobs=[job_data(record, serializer) for record in records[:PER_PAGE]],
-        page=page,
-        per_page=PER_PAGE,
-        has_next=len(records) > PER_PAGE,
-    )
+    listed = _list_page()
+    return jsonify(jobs=listed.jobs, page=listed.page, per_page=PER_PAGE, has_next=listed.has_next)
 
 
 @blueprint.get("/api/jobs/<job_id>")
