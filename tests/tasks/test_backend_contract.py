@@ -278,6 +278,29 @@ def test_jobs_lists_the_newest_first_with_filters(backend: Backend) -> None:
     assert len(backend.jobs(status=JobStatus.QUEUED)) == 4
 
 
+def test_jobs_with_a_preview_cut_long_payloads_and_tell_their_size(backend: Backend) -> None:
+    """A list of jobs must not carry their whole arguments: ten of 10 MB made the dashboard's JSON cost 0.68 s
+    a poll. Every way ``jobs`` finds its records (all, by queue, by a finished status) cuts them alike."""
+    long_payload = '{"args":["' + "x" * 10_000 + '"],"kwargs":{}}'
+    big = put(backend, payload=long_payload, queue="big")
+    small = put(backend, queue="big")
+    backend.cancel(big.id)
+    for listing in (
+        backend.jobs(preview=100),
+        backend.jobs(queue="big", preview=100),
+        backend.jobs(status=JobStatus.CANCELLED, preview=100),
+    ):
+        found = {record.id: record for record in listing}
+        assert found[big.id].payload == long_payload[:100]
+        assert found[big.id].payload_size == len(long_payload)
+        if small.id in found:
+            assert (found[small.id].payload, found[small.id].payload_size) == (small.payload, None)
+    whole = backend.get(big.id)
+    assert whole is not None
+    assert (whole.payload, whole.payload_size) == (long_payload, None)
+    assert [r.payload for r in backend.jobs(status=JobStatus.CANCELLED)] == [long_payload]
+
+
 def test_expire_deletes_finished_jobs_past_their_time(backend: Backend) -> None:
     old = put(backend)
     take(backend)

@@ -117,9 +117,13 @@ def _tasks(backend: Backend, serializer: Serializer | None, now: float) -> dict[
         "queues": {name: counts[name] for name in sorted(counts)},
         "totals": totals,
         "workers": [_worker(info, now) for info in backend.workers()],
-        "recent": [job_data(record, serializer) for record in backend.jobs(limit=RECENT)],
+        "recent": [
+            job_data(record, serializer)
+            for record in backend.jobs(limit=RECENT, preview=PREVIEW_DECODE_LIMIT)
+        ],
         "failed": [
-            job_data(record, serializer) for record in backend.jobs(status=JobStatus.FAILED, limit=RECENT)
+            job_data(record, serializer)
+            for record in backend.jobs(status=JobStatus.FAILED, limit=RECENT, preview=PREVIEW_DECODE_LIMIT)
         ],
     }
 
@@ -202,7 +206,8 @@ def describe_call(record: JobRecord, serializer: Serializer | None) -> str:
 def _preview(record: JobRecord, serializer: Serializer | None) -> str:
     """The call as a list shows it: at most ``ARGS_PREVIEW`` characters, whatever the payload's size."""
     payload = record.payload
-    if len(payload) <= PREVIEW_DECODE_LIMIT:
+    size = len(payload) if record.payload_size is None else record.payload_size
+    if size <= PREVIEW_DECODE_LIMIT:
         call = describe_call(record, serializer)
         return call if len(call) <= ARGS_PREVIEW else call[: ARGS_PREVIEW - 1] + "…"
     # Too long to decode for a preview: the start of the stored text (the JSON serializer's framing left
@@ -210,7 +215,7 @@ def _preview(record: JobRecord, serializer: Serializer | None) -> str:
     head = payload[: ARGS_PREVIEW * 2]
     if head.startswith(_JSON_CALL_START):
         head = head[len(_JSON_CALL_START) :]
-    tail = f"… ({len(payload):,} characters)"
+    tail = f"… ({size:,} characters)"
     return f"{record.task}({head}"[: ARGS_PREVIEW - len(tail)] + tail
 
 

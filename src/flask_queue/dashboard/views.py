@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 from .. import _checks, _keys
 from ..exceptions import BackendError
 from ..tasks import JobStatus
-from ._data import PER_PAGE, Queues, displayable, job_data, snapshot
+from ._data import PER_PAGE, PREVIEW_DECODE_LIMIT, Queues, displayable, job_data, snapshot
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -293,7 +293,13 @@ class _Page:
 def _list_page() -> _Page:
     backend = _backend()
     status, queue, page = _job_filters()
-    records = backend.jobs(status=status, queue=queue, limit=PER_PAGE + 1, offset=(page - 1) * PER_PAGE)
+    records = backend.jobs(
+        status=status,
+        queue=queue,
+        limit=PER_PAGE + 1,
+        offset=(page - 1) * PER_PAGE,
+        preview=PREVIEW_DECODE_LIMIT,
+    )
     serializer = _queues().serializer
     rows = [job_data(record, serializer) for record in records[:PER_PAGE]]
     return _Page(rows, status, queue, page, len(records) > PER_PAGE)

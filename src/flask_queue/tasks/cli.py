@@ -453,7 +453,9 @@ def retry_command(job_ids: tuple[str, ...], all_failed: bool, queue: str | None)
     ids = list(job_ids)
     if all_failed:
         offset = 0
-        while batch := state.backend.jobs(status=JobStatus.FAILED, queue=queue, limit=500, offset=offset):
+        while batch := state.backend.jobs(
+            status=JobStatus.FAILED, queue=queue, limit=500, offset=offset, preview=1
+        ):
             ids.extend(record.id for record in batch)
             offset += len(batch)
     retried = 0

@@ -72,6 +72,9 @@ class JobRecord:
     expires_at: float | None = None
     #: Leases that expired on this job (its worker died or hung); past a bound the job fails.
     lost: int = 0
+    #: The length of the whole payload when ``payload`` holds only its start (``Backend.jobs(preview=N)``
+    #: read no more of it); ``None``: ``payload`` is whole.
+    payload_size: int | None = None
 
     def effective_status(self, now: float | None = None) -> JobStatus:
         if self.status is JobStatus.QUEUED and self.eta > (time.time() if now is None else now):

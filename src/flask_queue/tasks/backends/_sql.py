@@ -77,3 +77,18 @@ def record(row: Sequence[Any], now: float) -> JobRecord:
         expires_at=expires_at,
         lost=lost,
     )
+
+
+def preview_columns(placeholder: str) -> str:
+    """``COLUMNS`` with the payload cut to ``placeholder`` characters, followed by its whole length: the
+    columns of a list that must not read large payloads (``record(row, now, preview)`` reads them)."""
+    return COLUMNS.replace("payload,", f"substr(payload, 1, {placeholder}), length(payload),", 1)
+
+
+def preview_record(row: Sequence[Any], now: float, preview: int) -> JobRecord:
+    """The record of a row of ``preview_columns``."""
+    size = row[5]
+    found = record([*row[:5], *row[6:]], now)
+    if size > preview:
+        found.payload_size = size
+    return found

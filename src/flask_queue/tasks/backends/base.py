@@ -36,7 +36,7 @@ from ...exceptions import ConfigurationError
 from ..job import Watcher
 from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
 
-__all__ = ["MAX_LOST", "Backend", "hide_query_secrets", "hide_secrets", "scrub"]
+__all__ = ["MAX_LOST", "Backend", "cut_payload", "hide_query_secrets", "hide_secrets", "scrub"]
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -207,9 +207,20 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        preview: int | None = None,
     ) -> list[JobRecord]:
-        """Jobs, most recently enqueued first, optionally of one status and one queue."""
+        """Jobs, most recently enqueued first, optionally of one status and one queue.
+
+        With ``preview``, a payload longer than ``preview`` characters comes cut to its first ``preview``
+        (the backend reads or sends no more of it than it must), with ``payload_size`` its whole length: a
+        list that shows the start of each call costs the same whatever the arguments' size.
+        """
 
     @abc.abstractmethod
     def expire(self) -> int:
@@ -312,3 +323,12 @@ class Backend(abc.ABC):
             with self._finished_here:
                 self._finished_here.notify_all()
         self._watcher.finished(record)
+
+
+def cut_payload(record: JobRecord, preview: int | None) -> JobRecord:
+    """``record`` with its payload cut to ``preview`` characters, as ``Backend.jobs(preview=...)`` returns it
+    (for a backend that holds the payload in memory anyway)."""
+    if preview is not None and len(record.payload) > preview:
+        record.payload_size = len(record.payload)
+        record.payload = record.payload[:preview]
+    return record

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Collection, Sequence
 
 from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
-from .base import LOST_ERROR, MAX_LOST, Backend
+from .base import LOST_ERROR, MAX_LOST, Backend, cut_payload
 
 __all__ = ["MemoryBackend"]
 
@@ -338,7 +338,13 @@ class MemoryBackend(Backend):
         return counts
 
     def jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        preview: int | None = None,
     ) -> list[JobRecord]:
         now = time.time()
         with self._lock:
@@ -349,7 +355,7 @@ class MemoryBackend(Backend):
                 and (queue is None or record.queue == queue)
             ]
             chosen.sort(key=lambda record: self._order[record.id], reverse=True)
-            return [copy.copy(record) for record in chosen[offset : offset + limit]]
+            return [cut_payload(copy.copy(record), preview) for record in chosen[offset : offset + limit]]
 
     def expire(self) -> int:
         now = time.time()

@@ -651,19 +651,29 @@ class PostgresBackend(Backend):
         return counts
 
     def jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        preview: int | None = None,
     ) -> list[JobRecord]:
         now = time.time()
         clauses = [] if status is None else [_STATUS_SQL[JobStatus(status)]]
         if queue is not None:
             clauses.append("queue = %(queue)s")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        columns = _sql.COLUMNS if preview is None else _sql.preview_columns("%(preview)s")
         sql = (
-            f"SELECT {_sql.COLUMNS} FROM {self._schema_in_params}.flask_queue_jobs{where}"
+            f"SELECT {columns} FROM {self._schema_in_params}.flask_queue_jobs{where}"
             " ORDER BY seq DESC LIMIT %(limit)s OFFSET %(offset)s"
         )
-        params = {"now": now, "queue": queue, "limit": limit, "offset": offset}
-        return [_sql.record(row, now) for row in self._execute(sql, params).fetchall()]
+        params = {"now": now, "queue": queue, "limit": limit, "offset": offset, "preview": preview}
+        rows = self._execute(sql, params).fetchall()
+        if preview is None:
+            return [_sql.record(row, now) for row in rows]
+        return [_sql.preview_record(row, now, preview) for row in rows]
 
     def expire(self) -> int:
         return self._execute(self._sql["expire"], {"now": time.time()}).rowcount

@@ -470,16 +470,24 @@ class RedisBackend(Backend):
 
     @_reporting
     def jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        preview: int | None = None,
     ) -> list[JobRecord]:
         if limit <= 0:
             return []
+        cut = 0 if preview is None else max(int(preview), 1)
         if status is not None and JobStatus(status) in FINISHED:
             args: list[str | float] = [
                 self.prefix,
                 JobStatus(status).value,
                 offset,
                 limit,
+                cut,
                 "1" if queue is None else "0",
             ]
             if queue is not None:
@@ -487,7 +495,8 @@ class RedisBackend(Backend):
             return [_scripts.record(values) for values in self._eval(_scripts.FINISHED_PAGE, args)]
         if status is None and queue is None:
             return [
-                _scripts.record(values) for values in self._eval(_scripts.PAGE, [self.prefix, offset, limit])
+                _scripts.record(values)
+                for values in self._eval(_scripts.PAGE, [self.prefix, offset, limit, cut])
             ]
         # Filtered by queue or by a status that changes with time: look through the jobs, newest first, a
         # chunk per script; the newest jobs are the ones queued, scheduled and running, so this ends soon.
@@ -496,7 +505,9 @@ class RedisBackend(Backend):
         below: str | None = "+inf"
         seen = 0
         while below is not None and len(found) < offset + limit:
-            reply = self._eval(_scripts.SCAN, [self.prefix, time.time(), below, seen, queue or "", wanted])
+            reply = self._eval(
+                _scripts.SCAN, [self.prefix, time.time(), below, seen, queue or "", wanted, cut]
+            )
             found += (_scripts.record(values) for values in reply[0])
             below, seen = (reply[1], int(reply[2])) if len(reply) > 1 else (None, 0)
         return found[offset : offset + limit]

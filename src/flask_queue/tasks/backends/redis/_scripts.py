@@ -36,11 +36,19 @@ KEY = """
 local P = ARGV[1]
 local function key(kind, name) return P .. ':' .. kind .. ':' .. name end
 """
+# A script that lists jobs sets PREVIEW from its arguments: a longer payload goes back cut to PREVIEW
+# characters, its whole length after the id (Redis has no way to read part of a hash field, but the reply
+# need not carry it all).
 RECORD = f"""
 local FIELDS = {{{", ".join(repr(field) for field in FIELDS)}}}
+local PREVIEW = 0
 local function record(id)
   local r = redis.call('HMGET', key('job', id), unpack(FIELDS))
   r[#FIELDS + 1] = id
+  if PREVIEW > 0 and r[3] and #r[3] > PREVIEW then
+    r[#FIELDS + 2] = #r[3]
+    r[3] = string.sub(r[3], 1, PREVIEW)
+  end
   return r
 end
 """
@@ -372,10 +380,11 @@ return out
     flags="no-writes",
 )
 
-# ARGV: prefix, offset, limit. Returns the records of P:jobs from rank ``offset`` on, newest first.
+# ARGV: prefix, offset, limit, preview (0: whole payloads). Returns the records of P:jobs from rank ``offset`` on, newest first.
 PAGE = lua(
     RECORD,
     """
+PREVIEW = tonumber(ARGV[4])
 local out = {}
 for _, id in ipairs(redis.call('ZREVRANGE', P .. ':jobs', ARGV[2], ARGV[2] + ARGV[3] - 1)) do
   local r = record(id)
@@ -387,7 +396,7 @@ return out
 )
 
 # ARGV: prefix, now, below (a score: '+inf' at first), seen (jobs of score ``below`` looked at already), queue
-# or '', status or ''. Looks at up to CHUNK jobs of P:jobs from ``below`` down, newest first, past the ``seen``
+# or '', status or '', preview (0: whole payloads). Looks at up to CHUNK jobs of P:jobs from ``below`` down, newest first, past the ``seen``
 # first ones; returns {the records that match, the last score looked at, how many of that score were looked
 # at} (only {the records} at the end). A cursor by score, unlike one by rank, is not shifted by jobs enqueued
 # meanwhile. Producers that number jobs in the same microsecond give them one score, so a chunk may end
@@ -396,6 +405,7 @@ SCAN = lua(
     RECORD,
     """
 local now, queue, status = tonumber(ARGV[2]), ARGV[5], ARGV[6]
+PREVIEW = tonumber(ARGV[7])
 local ids = redis.call('ZREVRANGEBYSCORE', P .. ':jobs', ARGV[3], '-inf', 'WITHSCORES', 'LIMIT', ARGV[4], CHUNK)
 local out = {}
 for i = 1, #ids, 2 do
@@ -416,7 +426,8 @@ return {out, last, seen}
     flags="no-writes",
 )
 
-# ARGV: prefix, status (a finished one), offset, limit, every queue (1/0), queue names. Returns the records
+# ARGV: prefix, status (a finished one), offset, limit, preview (0: whole payloads), every queue (1/0), queue
+# names. Returns the records
 # of that status, newest first, from the per-queue indexes merged. Jobs of one sequence number (producers that
 # numbered them in the same microsecond) are ordered by id, as within one index: a sort that left them in any
 # order would put one job on two pages and another on none.
@@ -424,8 +435,9 @@ FINISHED_PAGE = lua(
     RECORD,
     """
 local status, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+PREVIEW = tonumber(ARGV[5])
 local queues
-if ARGV[5] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 6)} end
+if ARGV[6] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 7)} end
 local all = {}
 for _, queue in ipairs(queues) do
   local ids = redis.call('ZREVRANGE', key(status, queue), 0, offset + limit - 1, 'WITHSCORES')
@@ -523,10 +535,12 @@ def _float(text: str | None) -> float | None:
 
 
 def record(values: Sequence[Any]) -> JobRecord:
-    """The record of a script's reply: the hash fields in ``FIELDS`` order, then the id."""
+    """The record of a script's reply: the hash fields in ``FIELDS`` order, then the id (then, for a payload
+    cut by ``PREVIEW``, its whole length)."""
+    size = int(values[-1]) if len(values) > len(FIELDS) + 1 else None
     (task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
      finished_at, lease_until, worker, result, error, traceback, expires_at, lost,
-     job_id) = values  # fmt: skip
+     job_id) = values[: len(FIELDS) + 1]  # fmt: skip
     return JobRecord(
         id=job_id,
         task=task,
@@ -548,4 +562,5 @@ def record(values: Sequence[Any]) -> JobRecord:
         traceback=traceback,
         expires_at=_float(expires_at),
         lost=int(lost or 0),
+        payload_size=size,
     )
