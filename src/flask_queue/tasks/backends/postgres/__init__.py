@@ -35,7 +35,6 @@ import heapq
 import logging
 import math
 import random
-import re
 import selectors
 import socket
 import threading
@@ -47,10 +46,11 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from ...exceptions import BackendError, ConfigurationError
-from ..records import JobRecord, JobStatus, WorkerInfo
-from . import _sql
-from .base import LOST_ERROR, MAX_LOST, Backend, hide_secrets, scrub
+from ....exceptions import BackendError, ConfigurationError
+from ...records import JobRecord, JobStatus, WorkerInfo
+from .. import _sql
+from ..base import LOST_ERROR, Backend, hide_secrets, scrub
+from . import _statements
 
 # The same job ids (``<seq>-<token>``) and the same columns, in the same order, as the SQLite backend's.
 
@@ -70,67 +70,6 @@ RECOVER_INTERVAL = 1.0
 LISTEN_RETRY_MAX = 5.0
 #: Scheduled times remembered from notifications; beyond, the farthest are left to the poll.
 MAX_DUE = 1024
-
-#: The columns an enqueue gives, in the order ``PostgresBackend._insert`` binds them.
-_INSERTED = ("token", "task", "queue", "payload", "priority", "retries", "timeout", "eta", "enqueued_at")
-_RETURN_J = ", ".join(f"j.{column.strip()}" for column in _sql.COLUMNS.split(","))
-
-_TABLES = """
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.flask_queue_jobs (
-    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    token bigint NOT NULL,
-    task text NOT NULL,
-    queue text NOT NULL,
-    payload text NOT NULL,
-    priority bigint NOT NULL,
-    status text NOT NULL,
-    attempts integer NOT NULL,
-    retries bigint NOT NULL,
-    timeout double precision,
-    eta double precision NOT NULL,
-    enqueued_at double precision NOT NULL,
-    started_at double precision,
-    finished_at double precision,
-    lease_until double precision,
-    worker text,
-    result text,
-    error text,
-    traceback text,
-    expires_at double precision,
-    lost integer NOT NULL DEFAULT 0
-) WITH (fillfactor = 80);
-CREATE INDEX IF NOT EXISTS flask_queue_ready ON {s}.flask_queue_jobs (priority, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS flask_queue_expiry ON {s}.flask_queue_jobs (expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {s}.flask_queue_workers (
-    name text PRIMARY KEY,
-    info text NOT NULL,
-    alive_until double precision NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {s}.flask_queue_meta (
-    instance text NOT NULL,
-    version integer NOT NULL
-)
-"""
-# ``fillfactor = 80`` leaves room in each page, so that taking and renewing a job (which change no indexed
-# column) are HOT updates: a new row version on the same page, no new index entries.
-
-
-def _pyformat(sql: str) -> str:
-    """A SQLite fragment (``:name`` parameters) in psycopg's parameter style (``%(name)s``)."""
-    return re.sub(r":(\w+)", r"%(\1)s", sql)
-
-
-# The statuses are the SQLite backend's, the same columns read the same way; only the parameter style differs.
-# ``worker`` holds its job until another worker takes it over, even past the lapse of its lease.
-_HELD = _pyformat(_sql.HELD)
-_UNLEASED = _pyformat(_sql.UNLEASED)
-_KEY = "seq = %(seq)s AND token = %(token)s"
-_STATUS_SQL = {status: _pyformat(sql) for status, sql in _sql.STATUS_SQL.items()}
-_EFFECTIVE_STATUS = _pyformat(_sql.EFFECTIVE_STATUS)
-_PARAM = re.compile(r"%\((\w+)\)s")
-#: Stands for the schema in statements made before it is known: no schema name holds a NUL.
-_SCHEMA_MARK = "\x00schema\x00"
 
 
 class PostgresBackend(Backend):
@@ -159,12 +98,14 @@ class PostgresBackend(Backend):
         #: as the start of a placeholder, so the name's own are doubled).
         self._schema_sql = schema
         self._schema_in_params = schema.replace("%", "%%")
-        self._sql = _statements(self._schema_in_params)
+        self._sql = _statements.statements(self._schema_in_params)
         # The outbox's inserts for SQLAlchemy's ``text()``: named binds, and the schema's colons escaped (``text``
         # would read one as a bind) while its ``%`` stay single (``text`` doubles them for the driver).
         self._outbox_sql = {
-            name: _PARAM.sub(r":\1", sql).replace(_SCHEMA_MARK, schema.replace(":", "\\:"))
-            for name, sql in _statements(_SCHEMA_MARK).items()
+            name: _statements.PARAM.sub(r":\1", sql).replace(
+                _statements.SCHEMA_MARK, schema.replace(":", "\\:")
+            )
+            for name, sql in _statements.statements(_statements.SCHEMA_MARK).items()
             if name.startswith("insert")
         }
         # A channel name is at most 63 bytes; two long schema names that share a prefix only share wake-ups.
@@ -268,7 +209,7 @@ class PostgresBackend(Backend):
                         conn.execute(
                             "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"flask_queue:{self.schema}"]
                         )
-                        conn.execute(_TABLES.format(s=self._schema_sql))
+                        conn.execute(_statements.TABLES.format(s=self._schema_sql))
                         conn.execute(
                             f"INSERT INTO {meta_in_params} (instance, version) SELECT %s, %s"
                             f" WHERE NOT EXISTS (SELECT FROM {meta_in_params})",
@@ -439,7 +380,7 @@ class PostgresBackend(Backend):
             r = records[0]
             values = (random.getrandbits(32), r.task, r.queue, r.payload, r.priority, r.retries, r.timeout, r.eta,
                       r.enqueued_at)  # fmt: skip
-            return "insert_one", {**dict(zip(_INSERTED, values, strict=True)), **notify}
+            return "insert_one", {**dict(zip(_statements.INSERTED, values, strict=True)), **notify}
         return "insert", {
             "token": [random.getrandbits(32) for _ in records],
             "task": [r.task for r in records],
@@ -634,7 +575,7 @@ class PostgresBackend(Backend):
         chosen = sorted({JobStatus(status) for status in statuses} - {JobStatus.RUNNING})
         if not chosen:
             return 0
-        sql = f"DELETE FROM {self._schema_in_params}.flask_queue_jobs WHERE ({' OR '.join(_STATUS_SQL[s] for s in chosen)})"
+        sql = f"DELETE FROM {self._schema_in_params}.flask_queue_jobs WHERE ({' OR '.join(_statements.STATUS_SQL[s] for s in chosen)})"
         if queue is not None:
             sql += " AND queue = %(queue)s"
         return self._execute(sql, {"now": time.time(), "queue": queue}).rowcount
@@ -660,7 +601,7 @@ class PostgresBackend(Backend):
         preview: int | None = None,
     ) -> list[JobRecord]:
         now = time.time()
-        clauses = [] if status is None else [_STATUS_SQL[JobStatus(status)]]
+        clauses = [] if status is None else [_statements.STATUS_SQL[JobStatus(status)]]
         if queue is not None:
             clauses.append("queue = %(queue)s")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -693,91 +634,6 @@ class PostgresBackend(Backend):
 
     def forget(self, name: str) -> None:
         self._execute(self._sql["forget"], {"name": name})
-
-
-def _statements(s: str) -> dict[str, str]:
-    """The statements of a backend whose tables live in schema ``s`` (quoted, its ``%`` doubled), by name."""
-    jobs = f"{s}.flask_queue_jobs"
-    notify = "pg_notify(%(channel)s, %(note)s)"
-
-    def take(queues: str) -> str:
-        # A function, not str.format: the schema's name may hold braces.
-        return (
-            f"WITH picked AS (SELECT seq FROM {jobs} WHERE status = 'queued' AND eta <= %(now)s AND (lease_until"
-            f" IS NULL OR (lease_until < %(now)s AND lost < {MAX_LOST - 1})){queues} ORDER BY priority, seq"
-            " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            f" UPDATE {jobs} j SET attempts = j.attempts + 1, started_at = %(now)s, lease_until = %(until)s,"
-            " worker = %(worker)s, lost = j.lost + (j.lease_until IS NOT NULL)::int FROM picked"
-            f" WHERE j.seq = picked.seq RETURNING {_RETURN_J}"
-        )
-
-    return {
-        "insert": (
-            f"INSERT INTO {jobs} (token, task, queue, payload, priority, status, attempts, retries, timeout,"
-            " eta, enqueued_at) SELECT r.token, r.task, r.queue, r.payload, r.priority, 'queued', 0, r.retries,"
-            " r.timeout, r.eta, r.enqueued_at FROM unnest(CAST(%(token)s AS bigint[]), CAST(%(task)s AS text[]),"
-            " CAST(%(queue)s AS text[]), CAST(%(payload)s AS text[]), CAST(%(priority)s AS bigint[]),"
-            " CAST(%(retries)s AS bigint[]), CAST(%(timeout)s AS float8[]), CAST(%(eta)s AS float8[]),"
-            " CAST(%(enqueued_at)s AS float8[])) AS r(token, task, queue, payload, priority, retries, timeout,"
-            f" eta, enqueued_at) RETURNING seq, token, {notify}"
-        ),
-        "insert_one": (
-            f"INSERT INTO {jobs} (token, task, queue, payload, priority, status, attempts, retries, timeout,"
-            " eta, enqueued_at) VALUES (%(token)s, %(task)s, %(queue)s, %(payload)s, %(priority)s, 'queued', 0,"
-            f" %(retries)s, %(timeout)s, %(eta)s, %(enqueued_at)s) RETURNING seq, token, {notify}"
-        ),
-        "take": take(""),
-        "take_queues": take(" AND queue = ANY(%(queues)s)"),
-        "recover": (
-            f"UPDATE {jobs} SET status = 'failed', error = %(error)s, traceback = '', finished_at = %(now)s,"
-            " lost = lost + 1, lease_until = NULL WHERE status = 'queued' AND lease_until < %(now)s"
-            f" AND lost >= {MAX_LOST - 1}"
-        ),
-        "renew": f"UPDATE {jobs} SET lease_until = %(until)s WHERE {_KEY} AND {_HELD}",
-        "finish": (
-            f"UPDATE {jobs} SET status = %(status)s, result = %(result)s, error = %(error)s,"
-            " traceback = %(traceback)s, finished_at = %(now)s, expires_at = %(expires)s, lease_until = NULL"
-            f" WHERE {_KEY} AND {_HELD} RETURNING {_sql.COLUMNS}"
-        ),
-        "finish_batch": (
-            f"UPDATE {jobs} j SET status = 'succeeded', result = b.result, error = NULL, traceback = NULL,"
-            " finished_at = %(now)s, expires_at = b.expires, lease_until = NULL FROM unnest(CAST(%(seq)s AS"
-            " bigint[]), CAST(%(token)s AS bigint[]), CAST(%(result)s AS text[]), CAST(%(expires)s AS float8[]))"
-            " AS b(seq, token, result, expires) WHERE j.seq = b.seq AND j.token = b.token"
-            f" AND j.status = 'queued' AND j.worker = %(worker)s AND j.lease_until IS NOT NULL RETURNING {_RETURN_J}"
-        ),
-        "retry_later": (
-            f"UPDATE {jobs} SET eta = %(eta)s, error = %(error)s, traceback = %(traceback)s, worker = NULL,"
-            f" lease_until = NULL WHERE {_KEY} AND {_HELD} RETURNING {notify}"
-        ),
-        "release": (
-            f"UPDATE {jobs} SET attempts = attempts - 1, worker = NULL, lease_until = NULL"
-            f" WHERE {_KEY} AND {_HELD} RETURNING {notify}"
-        ),
-        "requeue": (
-            f"UPDATE {jobs} SET status = 'queued', attempts = 0, lost = 0, eta = %(now)s, finished_at = NULL,"
-            " expires_at = NULL, lease_until = NULL, worker = NULL"
-            f" WHERE {_KEY} AND status IN ('failed', 'cancelled') RETURNING {notify}"
-        ),
-        "get": f"SELECT {_sql.COLUMNS} FROM {jobs} WHERE {_KEY}",
-        "cancel": (
-            f"UPDATE {jobs} SET status = 'cancelled', finished_at = %(now)s"
-            f" WHERE {_KEY} AND status = 'queued' AND {_UNLEASED} RETURNING {_sql.COLUMNS}"
-        ),
-        "size": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]}",
-        "size_queue": f"SELECT count(*) FROM {jobs} WHERE {_STATUS_SQL[JobStatus.QUEUED]} AND queue = %(queue)s",
-        "counts": f"SELECT queue, {_EFFECTIVE_STATUS} AS s, count(*) FROM {jobs} GROUP BY queue, s",
-        "expire": (
-            f"DELETE FROM {jobs} WHERE expires_at <= %(now)s AND status IN ('succeeded', 'failed', 'cancelled')"
-        ),
-        "beat": (
-            f"WITH stale AS (DELETE FROM {s}.flask_queue_workers WHERE alive_until < %(now)s AND name <> %(name)s)"
-            f" INSERT INTO {s}.flask_queue_workers (name, info, alive_until) VALUES (%(name)s, %(info)s, %(until)s)"
-            " ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info, alive_until = EXCLUDED.alive_until"
-        ),
-        "workers": f"SELECT info FROM {s}.flask_queue_workers WHERE alive_until >= %(now)s ORDER BY name",
-        "forget": f"DELETE FROM {s}.flask_queue_workers WHERE name = %(name)s",
-    }
 
 
 def _seconds(url: str, value: str) -> float:
