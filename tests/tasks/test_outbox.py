@@ -318,3 +318,31 @@ def test_an_async_session_is_refused_with_the_way_that_works(tmp_path: Path) -> 
             assert tasks.get_job(job_id) is not None
     finally:
         tasks.backend(app).close()
+
+
+def test_the_outbox_needs_no_greenlet_for_a_plain_session(tmp_path: Path) -> None:
+    """It imported sqlalchemy.ext.asyncio to tell an AsyncSession, which needs greenlet: SQLAlchemy 2.1 no
+    longer installs it, so every enqueue inside a transaction failed with ImportError."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+sys.modules["sqlalchemy.ext.asyncio"] = None  # as if greenlet were missing: importing it raises ImportError
+from flask import Flask
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from flask_queue import TaskQueue
+db = {str(tmp_path / "app.sqlite3")!r}
+app = Flask(__name__)
+tasks = TaskQueue(app, backend="sqlite:///" + db, workers=0)
+@tasks.task(name="note")
+def note(): ...
+engine = create_engine("sqlite:///" + db)
+with app.app_context(), Session(engine) as session, session.begin():
+    job = note.options(session=session).enqueue()
+print(tasks.get_job(job.id).status)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "queued"

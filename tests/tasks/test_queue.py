@@ -522,10 +522,15 @@ def test_an_app_under_test_with_no_backend_set_gets_its_own_queue_in_memory(tmp_
     dev = Flask("dev", instance_path=str(tmp_path))
     test = Flask("test", instance_path=str(tmp_path))
     test.config["TESTING"] = True
-    dev_tasks, test_tasks = TaskQueue(dev, workers=0), TaskQueue(test, workers=0)
+    dev_tasks, test_tasks = TaskQueue(dev, workers=0), TaskQueue(test)
+    assert test_tasks.state(test).settings["workers"] == 0
     try:
         assert dev_tasks.backend(dev).url.startswith("sqlite:")
         assert test_tasks.backend(test).url == "memory://"
+        # The threads' default for an app under test with a backend of its own, and for any other app.
+        other = Flask("other", instance_path=str(tmp_path))
+        other.config["TESTING"] = True
+        assert TaskQueue(other, backend="memory://").state(other).settings["workers"] == 2
         assert not (tmp_path / "flask_queue.sqlite3").exists() or dev_tasks.backend(dev).size() == 0
     finally:
         dev_tasks.backend(dev).close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -60,7 +61,7 @@ log = logging.getLogger("flask_queue.tasks")
 #: file ``flask_queue.sqlite3`` in the app's instance folder.
 DEFAULTS: Final[Mapping[str, Any]] = {
     "backend": None,
-    "workers": 2,
+    "workers": None,
     "queues": None,
     "lease": 30.0,
     "result_ttl": 86400.0,
@@ -70,6 +71,8 @@ DEFAULTS: Final[Mapping[str, Any]] = {
     "shutdown_timeout": 10.0,
 }
 DEFAULT_SQLITE: Final = "sqlite:///flask_queue.sqlite3"
+#: Worker threads per web process when ``TASK_QUEUE_WORKERS`` is unset.
+DEFAULT_WORKERS: Final = 2
 #: The backend of an app with ``TESTING = True`` and no ``TASK_QUEUE_BACKEND``: its own, in memory.
 DEFAULT_TESTING: Final = "memory://"
 #: Seconds after ``init_app`` at which ``flask run``'s serving process starts its workers.
@@ -110,7 +113,8 @@ class TaskQueue:
     in ``init_app``:
 
     :param backend: the backend's URL (default: ``sqlite:///flask_queue.sqlite3`` in the instance folder).
-    :param workers: worker threads per web process; 0 for none (with ``flask queue worker``, say).
+    :param workers: worker threads per web process; 0 for none (with ``flask queue worker``, say). Unset: 2,
+        or 0 for an app under test (``TESTING``) with no backend set, whose jobs run with ``tasks.drain(app)``.
     :param queues: the queues the in-process workers take; ``None`` for all.
     :param lease: seconds a worker holds a job before another may take it (renewed while it runs).
     :param result_ttl: seconds a succeeded job is kept; ``None``: for ever.
@@ -126,7 +130,7 @@ class TaskQueue:
         app: Flask | None = None,
         *,
         backend: str | None = DEFAULTS["backend"],
-        workers: int = DEFAULTS["workers"],
+        workers: int | None = DEFAULTS["workers"],
         queues: Sequence[str] | str | None = DEFAULTS["queues"],
         lease: float = DEFAULTS["lease"],
         result_ttl: float | None = DEFAULTS["result_ttl"],
@@ -172,10 +176,15 @@ class TaskQueue:
         }
         read = {f"TASK_QUEUE_{name.upper()}": value for name, value in settings.items()}
         read["TESTING"] = app.testing
+        if settings["workers"] is None:
+            # Under test with no backend set: nor threads that race the test's tasks.drain() and keep each
+            # test's app alive.
+            settings["workers"] = 0 if app.testing and settings["backend"] is None else DEFAULT_WORKERS
         _check_settings(settings)
         # An app's test suite must not share the queue of its dev server (the SQLite file in instance/): the
         # pytest process would run the dev server's jobs against the test database, and the other way round.
-        url = settings["backend"] or (DEFAULT_TESTING if app.testing else DEFAULT_SQLITE)
+        testing_default = settings["backend"] is None and app.testing
+        url = DEFAULT_TESTING if testing_default else (settings["backend"] or DEFAULT_SQLITE)
         backend = backend_from_url(url, base_dir=app.instance_path)
         executor = Executor(
             app=app,
@@ -284,7 +293,8 @@ class TaskQueue:
                     raise RuntimeError(
                         "this TaskQueue is set up on no app yet (call tasks.init_app(app))"
                         if not apps
-                        else "this TaskQueue serves several apps: enqueue inside an app context (with app.app_context())"
+                        else "this TaskQueue serves several apps: name the app (tasks.drain(app),"
+                        " tasks.state(app)) or enqueue inside an app context (with app.app_context())"
                     )
                 app = apps[0]
         state: QueueState | None = app.extensions.get(_keys.TASKS)
@@ -347,12 +357,10 @@ class TaskQueue:
         runs) waits for the commit, as the jobs do: before it, no other connection sees them.
         """
         # Imported here: SQLAlchemy is an optional extra.
-        from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
-
         from ..commit_hooks import on_commit, resolve_session
 
         session = options.session
-        if isinstance(session, (AsyncSession, async_scoped_session)):
+        if _is_async_session(session):
             raise TypeError(
                 "task.options(session=...).enqueue() runs SQL now, which an AsyncSession cannot do from"
                 " synchronous code: call it inside `await session.run_sync(lambda s:"
@@ -518,6 +526,16 @@ class TaskQueue:
         """The status of the job with this id, or ``None`` if there is none."""
         job = self.get_job(job_id)
         return None if job is None else job.record.effective_status()
+
+
+def _is_async_session(session: object) -> bool:
+    """Whether ``session`` is SQLAlchemy's ``AsyncSession`` (or its scoped form), without importing its asyncio
+    module when it cannot be one: that module needs greenlet, which SQLAlchemy 2.1 no longer installs."""
+    if sys.modules.get("sqlalchemy.ext.asyncio") is None:
+        return False  # nobody made an AsyncSession in this process
+    from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+
+    return isinstance(session, (AsyncSession, async_scoped_session))
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
