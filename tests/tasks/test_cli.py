@@ -255,3 +255,32 @@ def test_a_worker_processs_stop_handler_takes_no_lock() -> None:
         assert _returns_while_locks_are_held(lambda: handler(signal.SIGTERM, None), stop)
     assert stop.is_set()
     assert stop.wait(0)
+
+
+def test_flask_queue_without_an_app_or_a_task_queue_says_what_is_missing(tmp_path: Path) -> None:
+    """``flask queue worker`` said only "No such command 'queue'" without --app, or on an app without a
+    TaskQueue: the command exists now whatever the app (an entry point), and says what it needs."""
+    import subprocess
+    import sys
+
+    (tmp_path / "plain.py").write_text("from flask import Flask\napp = Flask(__name__)\n")
+    env = {**os.environ, "PYTHONPATH": "", "FLASK_APP": ""}
+    env.pop("FLASK_APP")
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flask", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    no_app = flask("queue", "worker")
+    assert no_app.returncode != 0
+    assert "No such command" not in no_app.stderr
+    assert "Could not locate a Flask application" in no_app.stderr
+    no_tasks = flask("--app", "plain", "queue", "status")
+    assert no_tasks.returncode != 0
+    assert "this app has no TaskQueue: set one up with TaskQueue(app)" in no_tasks.stderr

@@ -304,9 +304,10 @@ def test_uwsgi_workers_run_each_job_once(env: Env, client_queue: tuple[Flask, Ta
         f"--pythonpath={ROOT}",
         "--die-on-term",
         "--need-app",
-        # The documented settings: threads enabled, the app loaded in the master, and Python's after-fork
-        # clean-up run in each worker. (With lazy-apps a worker was seen to hang at exit in 1 of 4 runs.)
-        "--py-call-osafterfork",
+        # The documented settings: threads enabled, the app loaded in the master, and Python's fork hooks run
+        # in each worker (os.register_at_fork; --py-call-osafterfork aborts Python 3.13 at fork, uwsgi#2710).
+        # (With lazy-apps a worker was seen to hang at exit in 1 of 4 runs.)
+        "--py-call-uwsgi-fork-hooks",
     ]
     log = (env.logs / "uwsgi.log").open("wb")
     server = subprocess.Popen(

@@ -131,3 +131,21 @@ def test_an_invalid_event_loop_stops_gunicorn_at_start_naming_the_setting(log_di
         assert "WSGI_PLUS_EVENT_LOOP must be one of auto, asyncio, uvloop, not 'fast'" in server.log_tail()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("version", [(26, 2, 0), (24, 0, 0)])
+def test_a_gunicorn_below_27_is_refused_at_start_naming_the_range(
+    version: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """24 to 26 answer a request after a parked one with a 500, or log an AttributeError per request."""
+    import logging
+
+    import gunicorn
+    from gunicorn.config import Config
+
+    from flask_queue.wsgiplus.gunicorn import WSGIPlusWorker
+
+    monkeypatch.setattr(gunicorn, "version_info", version)
+    monkeypatch.setattr(gunicorn, "__version__", ".".join(map(str, version)))
+    with pytest.raises(RuntimeError, match=rf"needs gunicorn>=27, not gunicorn {gunicorn.__version__}"):
+        WSGIPlusWorker.check_config(Config(), logging.getLogger("gunicorn.error"))

@@ -38,7 +38,13 @@ Settings, read from the environment, where gunicorn's ``--env WSGI_PLUS_SUSPEND_
 a config file) also puts them: ``WSGI_PLUS_SUSPEND_TIMEOUT`` (seconds, default 60) and
 ``WSGI_PLUS_EVENT_LOOP`` (see ``flask_queue.wsgiplus.event_loop_factory``). An invalid value stops gunicorn at
 start with an error naming the setting. HTTP/2 connections are served as by gthread, without
-WSGI+. Needs the gthread worker of gunicorn 24 or later (its ``PollableMethodQueue``).
+WSGI+.
+
+Needs gunicorn 27 or later (``GUNICORN_REQUIREMENT``). The worker builds on gthread's internals, not on a
+public contract, and earlier releases break it: on 24.0 the request after a parked one on a keep-alive
+connection is answered 500, on 26.1 every parked request logs an ``AttributeError``, on 26.2 every
+keep-alive request does. So the worker refuses an older gunicorn at start, naming the range (and cannot
+be imported from one older than 24, which lacks gthread's ``PollableMethodQueue``).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any, Final
 
+import gunicorn
 from gunicorn import http, util
 from gunicorn.http import body, wsgi
 from gunicorn.workers import gthread
@@ -71,7 +78,17 @@ from .protocol import ENVIRON_KEY, VERSION, outcome, resume
 from .runtime import event_loop_factory, shutdown
 from .views import init_app
 
-__all__ = ["DEFAULT_SUSPEND_TIMEOUT", "SUSPEND_TIMEOUT_ENV", "WSGIPlusWorker", "suspend_timeout"]
+__all__ = [
+    "DEFAULT_SUSPEND_TIMEOUT",
+    "GUNICORN_REQUIREMENT",
+    "SUSPEND_TIMEOUT_ENV",
+    "WSGIPlusWorker",
+    "suspend_timeout",
+]
+
+#: The gunicorn releases the worker runs on (the ``gunicorn`` extra asks for the same).
+GUNICORN_REQUIREMENT: Final = "gunicorn>=27"
+_GUNICORN_FLOOR: Final = (27,)
 
 #: The environment variable that sets how long a request may stay parked, in seconds.
 SUSPEND_TIMEOUT_ENV: Final = "WSGI_PLUS_SUSPEND_TIMEOUT"
@@ -81,11 +98,19 @@ WATCH_AFTER: Final = 0.5
 #: Seconds between two heartbeats at most (less when gunicorn's ``--timeout`` asks for it).
 HEARTBEAT_EVERY: Final = 0.5
 
-if not hasattr(gthread, "PollableMethodQueue"):  # pragma: no cover - depends on the installed gunicorn
-    raise ImportError(
-        "flask_queue.gunicorn.WSGIPlusWorker needs gunicorn 24 or later (its gthread worker's "
-        "PollableMethodQueue); upgrade gunicorn: pip install -U 'gunicorn>=24'"
+
+def _unsupported_gunicorn() -> str | None:
+    """Why the installed gunicorn cannot run the worker (``None`` when it can)."""
+    if tuple(gunicorn.version_info) >= _GUNICORN_FLOOR:
+        return None
+    return (
+        f"flask_queue.gunicorn.WSGIPlusWorker needs {GUNICORN_REQUIREMENT}, not gunicorn"
+        f" {gunicorn.__version__}: pip install -U '{GUNICORN_REQUIREMENT}'"
     )
+
+
+if not hasattr(gthread, "PollableMethodQueue"):  # pragma: no cover - depends on the installed gunicorn
+    raise ImportError(_unsupported_gunicorn() or "gunicorn's gthread has no PollableMethodQueue")
 
 
 def suspend_timeout(environ: Mapping[str, str] = os.environ) -> float:
@@ -406,7 +431,12 @@ class WSGIPlusWorker(gthread.ThreadWorker):  # type: ignore[misc]
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
-        """Fail at start, in gunicorn's master, when a WSGI+ setting is invalid (``--env`` counts)."""
+        """Fail at start, in gunicorn's master, on a gunicorn older than ``GUNICORN_REQUIREMENT`` (a
+        ``RuntimeError``, which gunicorn prints as its one line of error) or when a WSGI+ setting is invalid
+        (``--env`` counts)."""
+        unsupported = _unsupported_gunicorn()
+        if unsupported is not None:
+            raise RuntimeError(unsupported)
         super().check_config(cfg, log)
         environ = {**os.environ, **(cfg.env or {})}
         suspend_timeout(environ)

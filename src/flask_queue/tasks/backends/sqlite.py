@@ -86,6 +86,11 @@ _write_locks_guard = threading.Lock()
 
 _write_locks_pid = os.getpid()
 
+# Connections a forked child inherited from its parent: neither used nor closed there (closing one would let
+# SQLite in the child checkpoint or remove the WAL under the parent), and kept referenced for the life of
+# the process, since the garbage collector would close them too.
+_inherited: list[sqlite3.Connection] = []
+
 
 def _write_lock(path: Path, after_fork: bool = False) -> threading.Lock:
     global _write_locks_guard, _write_locks_pid
@@ -98,6 +103,28 @@ def _write_lock(path: Path, after_fork: bool = False) -> threading.Lock:
         return _write_locks.setdefault(key, threading.Lock())
 
 
+class _Link:
+    """A thread's connection, closed when its thread ends and its thread-local storage goes (or when the
+    backend's thread-local storage goes), unless a fork left it to the parent.
+
+    Left to the garbage collector, a connection would hold its file open until a collection, and Python 3.13
+    warns of each one (``ResourceWarning``).
+    """
+
+    __slots__ = ("__weakref__", "conn", "inherited", "thread")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.thread = threading.current_thread()
+        self.inherited = False
+
+    def close(self) -> None:
+        if not self.inherited:
+            self.conn.close()
+
+    __del__ = close
+
+
 class SQLiteBackend(Backend):
     def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.01) -> None:
         super().__init__()
@@ -105,10 +132,9 @@ class SQLiteBackend(Backend):
         self.url = f"sqlite:///{self.path}"
         self.poll_interval = poll_interval
         self._local = threading.local()
-        self._connections: weakref.WeakKeyDictionary[threading.Thread, sqlite3.Connection] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._connections_lock = threading.Lock()
+        #: Every thread's link (weakly: a link goes with its thread), for close() to find the ended ones.
+        self._links: weakref.WeakSet[_Link] = weakref.WeakSet()
+        self._links_lock = threading.Lock()
         self._pid = os.getpid()
         self._ready = threading.Condition()
         self._idle = 0
@@ -136,12 +162,13 @@ class SQLiteBackend(Backend):
         if conn is None or self._closed:
             if self._closed:
                 if conn is not None:
-                    conn.close()
-                    self._local.conn = None
+                    self._local.link.close()
+                    self._local.conn = self._local.link = None
                 raise BackendError(f"{self.url} is closed")
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
+            link = _Link(conn)  # from here on, the connection is closed whatever happens
             # Small pages for a new file: a commit appends every page it changed to the WAL, and a job row
             # and its index entry are far smaller than the default 4 KiB (no effect on an existing file).
             conn.execute("PRAGMA page_size = 1024")
@@ -149,17 +176,21 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA synchronous = NORMAL")
             # Checkpoint (copy the WAL into the file, with an fsync) every 10,000 pages instead of 1,000.
             conn.execute("PRAGMA wal_autocheckpoint = 10000")
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections[threading.current_thread()] = conn
+            # The connection itself too, so that every call reads one attribute; the link closes it.
+            self._local.conn, self._local.link = conn, link
+            with self._links_lock:
+                self._links.add(link)
         return conn
 
     def after_fork(self) -> None:
-        # A connection must not be used across fork(); the child opens its own (the parent's stay unclosed:
-        # closing them here could disturb the parent's locks).
+        # A connection must not be used across fork(); the child opens its own, and leaves the parent's open
+        # (see _inherited). Only this thread runs here: no lock is needed, and one held at the fork never frees.
+        for link in list(self._links):
+            link.inherited = True
+            _inherited.append(link.conn)
         self._local = threading.local()
-        self._connections = weakref.WeakKeyDictionary()
-        self._connections_lock = threading.Lock()
+        self._links = weakref.WeakSet()
+        self._links_lock = threading.Lock()
         self._pid = os.getpid()
         self._ready = threading.Condition()
         self._idle = 0
@@ -168,14 +199,15 @@ class SQLiteBackend(Backend):
 
     def close(self) -> None:
         """Close the connections of this thread and of finished threads; a thread still running closes its own
-        at its next call, which raises ``BackendError`` (closing it from here could crash it mid-statement)."""
+        at its next call, which raises ``BackendError`` (closing it from here could crash it mid-statement),
+        or when it ends."""
         self._closed = True
-        with self._connections_lock:
-            for thread, conn in list(self._connections.items()):
-                if thread is threading.current_thread() or not thread.is_alive():
-                    conn.close()
-                    del self._connections[thread]
-        self._local.conn = None
+        with self._links_lock:
+            links = list(self._links)
+        for link in links:
+            if link.thread is threading.current_thread() or not link.thread.is_alive():
+                link.close()
+        self._local.conn = self._local.link = None
 
     def _retrying(self, what: Callable[[], T], write: bool = True) -> T:
         """Run ``what`` (under the write lock if it writes), retrying when another process held SQLite's write
@@ -501,11 +533,17 @@ class SQLiteBackend(Backend):
         return counts
 
     def jobs(
-        self, *, status: JobStatus | None = None, queue: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        status: JobStatus | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        preview: int | None = None,
     ) -> list[JobRecord]:
         now = time.time()
         clauses = []
-        params: dict[str, Any] = {"now": now, "limit": limit, "offset": offset}
+        params: dict[str, Any] = {"now": now, "limit": limit, "offset": offset, "preview": preview}
         if status is not None:
             clauses.append(_sql.STATUS_SQL[status])
         if queue is not None:
@@ -513,14 +551,17 @@ class SQLiteBackend(Backend):
             params["queue"] = queue
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         db = self._db()
+        columns = _sql.COLUMNS if preview is None else _sql.preview_columns(":preview")
         rows = self._retrying(
             lambda: db.execute(
-                f"SELECT {_sql.COLUMNS} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT :limit OFFSET :offset",
+                f"SELECT {columns} FROM flask_queue_jobs{where} ORDER BY seq DESC LIMIT :limit OFFSET :offset",
                 params,
             ).fetchall(),
             write=False,
         )
-        return [_sql.record(row, now) for row in rows]
+        if preview is None:
+            return [_sql.record(row, now) for row in rows]
+        return [_sql.preview_record(row, now, preview) for row in rows]
 
     def expire(self) -> int:
         return self._changed(
