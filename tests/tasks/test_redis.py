@@ -106,6 +106,15 @@ def test_an_empty_prefix_is_refused() -> None:
         RedisBackend("redis://127.0.0.1:6379/0?prefix=")
 
 
+def test_a_misspelt_url_option_or_database_is_refused_at_set_up() -> None:
+    """A misspelt option failed only at the first enqueue, with redis-py's raw TypeError; a database that is
+    not a number quietly meant database 0."""
+    with pytest.raises(ConfigurationError, match=r"TASK_QUEUE_BACKEND=.*unexpected keyword argument 'prefx'"):
+        RedisBackend("redis://127.0.0.1:6379/0?prefx=app")
+    with pytest.raises(ConfigurationError, match=r"the database must be a number .* not 'abc'"):
+        RedisBackend("redis://127.0.0.1:6379/abc")
+
+
 def test_every_key_starts_with_the_prefix_in_the_database_named(
     open_backend: Callable[[str], RedisBackend],
 ) -> None:

@@ -130,6 +130,12 @@ class RedisBackend(Backend):
             raise ConfigurationError(
                 f"TASK_QUEUE_BACKEND={self.url!r}: prefix is empty; give the keys a name (?prefix=myapp)"
             )
+        database = parts.path.lstrip("/")
+        if database and not database.isdigit():  # redis-py would quietly take database 0
+            raise ConfigurationError(
+                f"TASK_QUEUE_BACKEND={self.url!r}: the database must be a number (redis://host:6379/0), not"
+                f" {database!r}"
+            )
         self._redis_url = urlunsplit(
             parts._replace(query=urlencode([(name, value) for name, value in options if name != "prefix"]))
         )
@@ -139,7 +145,9 @@ class RedisBackend(Backend):
         """Fresh connections, and fresh per-process state: waiters, ids."""
         try:
             self._links = Links(self._redis_url, self.url)
-        except ValueError as exc:
+            # Made, not connected: an option redis-py does not know fails here, not at the first enqueue.
+            self._links.pool.connection_class(**self._links.pool.connection_kwargs)
+        except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"TASK_QUEUE_BACKEND={self.url!r}: {exc}") from exc
         reply_timeout = self._links.reply_timeout
         self._slice = BLOCK_SLICE if reply_timeout is None else min(BLOCK_SLICE, reply_timeout / 2)
