@@ -7,6 +7,8 @@
      +-- BackendError: a task backend cannot be reached or used; the message names it (password hidden)
      +-- TaskFailed: ``job.result()`` of a job that failed; carries the worker's error and traceback
      +-- JobCancelled: ``job.result()`` of a job that was cancelled before it ran
+     |    +-- JobExpired: ... or that expired (``expires_in``) before a worker started it
+     +-- DuplicateJob: ``task.options(key=..., on_conflict="raise")`` met an unfinished job with the key
      +-- JobTimeout (also a TimeoutError): raised inside a task that ran past its ``timeout``
 
     ConfigurationWarning (a UserWarning): a config key that looks like a setting but is none (a
@@ -14,6 +16,8 @@
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FlaskQueueError(Exception):
@@ -51,6 +55,32 @@ class JobCancelled(FlaskQueueError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id} was cancelled")
         self.job_id = job_id
+
+
+class JobExpired(JobCancelled):
+    """The job was not started by its ``expires_in`` / ``expires_at``, so it never ran and has no result."""
+
+    def __init__(self, job_id: str) -> None:
+        FlaskQueueError.__init__(self, f"job {job_id} expired before a worker started it")
+        self.job_id = job_id
+
+
+class DuplicateJob(FlaskQueueError):
+    """An enqueue with ``key=..., on_conflict="raise"`` met an unfinished job of the task with that key.
+
+    ``job`` is the handle of the job that holds the key (``None`` when a backend is called directly),
+    ``job_id`` its id; nothing was stored (in ``enqueue_many``: none of the calls).
+    """
+
+    def __init__(self, task: str, key: str, job_id: str, job: Any = None) -> None:
+        super().__init__(f"task {task!r} has an unfinished job with key {key!r} already: job {job_id}")
+        self.task = task
+        self.key = key
+        self.job_id = job_id
+        self.job = job
+
+    def __reduce__(self) -> tuple[type[DuplicateJob], tuple[str, str, str]]:
+        return type(self), (self.task, self.key, self.job_id)
 
 
 class JobTimeout(FlaskQueueError, TimeoutError):

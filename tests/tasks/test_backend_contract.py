@@ -262,6 +262,8 @@ def test_counts_by_queue_and_status(backend: Backend) -> None:
         "succeeded": 0,
         "failed": 0,
         "cancelled": 0,
+        "expired": 0,
+        "deferred": 0,
     }
     assert counts["mail"]["running"] == 1
     backend.finish(job.id, "w1", JobStatus.SUCCEEDED)

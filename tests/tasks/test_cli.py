@@ -38,9 +38,11 @@ def test_status_prints_the_counts(make_queue: MakeQueue) -> None:
     result = app.test_cli_runner().invoke(args=["queue", "status"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[1].split() == ["queue", "queued", "scheduled", "running", "succeeded", "failed", "cancelled"]
-    assert lines[2].split() == ["default", "1", "0", "0", "0", "0", "0"]
-    assert lines[3].split() == ["mail", "0", "1", "0", "0", "0", "0"]
+    assert lines[1].split() == [
+        "queue", "queued", "scheduled", "running", "succeeded", "failed", "cancelled", "expired", "deferred"
+    ]  # fmt: skip
+    assert lines[2].split() == ["default", "1", "0", "0", "0", "0", "0", "0", "0"]
+    assert lines[3].split() == ["mail", "0", "1", "0", "0", "0", "0", "0", "0"]
     as_json = json.loads(app.test_cli_runner().invoke(args=["queue", "status", "--json"]).output)
     assert as_json["queues"]["mail"]["scheduled"] == 1
 

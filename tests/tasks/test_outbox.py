@@ -346,3 +346,19 @@ print(tasks.get_job(job.id).status)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "queued"
+
+
+def test_a_keyed_job_in_the_outbox_holds_its_key_only_once_committed(setup: Setup) -> None:
+    @setup.tasks.task(queue="held")
+    def sync(invoice: int) -> None: ...
+
+    session = setup.session()
+    rolled = sync.options(session=session, key="invoice:1").enqueue(1)
+    session.rollback()
+    assert setup.tasks.get_job(rolled.id) is None
+    session = setup.session()
+    kept = sync.options(session=session, key="invoice:1").enqueue(1)
+    assert sync.options(session=session, key="invoice:1").enqueue(2) == kept  # the same transaction sees it
+    session.commit()
+    assert sync.options(key="invoice:1").enqueue(3) == kept
+    assert len(setup.tasks.backend().jobs()) == 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .job import Job
 from .queue import DEFAULTS, QueueState, TaskQueue
-from .records import FINISHED, JobRecord, JobStatus, WorkerInfo
+from .records import FINISHED, JobRecord, JobStatus, ScheduleState, WorkerInfo
 from .serializer import JSONSerializer, Serializer
 from .task import DEFAULT_QUEUE, BoundTask, Task
 from .worker import StopReport, Worker
@@ -24,6 +24,7 @@ __all__ = [
     "JobRecord",
     "JobStatus",
     "QueueState",
+    "ScheduleState",
     "Serializer",
     "StopReport",
     "Task",

@@ -136,7 +136,12 @@ def _run_worker(state: QueueState, options: _WorkerOptions, stop: _StopFlag) -> 
     """Run a ``Worker`` in this process until ``stop`` is set (or, with ``burst``, until it is idle), then
     drain it."""
     worker = Worker(
-        state.executor, threads=options.threads, queues=options.queues, lease=options.lease, name="cli"
+        state.executor,
+        threads=options.threads,
+        queues=options.queues,
+        lease=options.lease,
+        name="cli",
+        scheduler=state.extension.scheduler(state.app),
     )
     click.echo(
         f"worker {worker.id}: {worker.threads} thread(s) on {state.backend.url}, queues: {_names(worker.queues)}"

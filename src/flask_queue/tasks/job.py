@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import JobCancelled, TaskFailed
+from ..exceptions import JobCancelled, JobExpired, TaskFailed
 from .records import FINISHED, JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -74,14 +74,14 @@ class Job:
         """Wait until the job is finished and return what the task returned.
 
         Raises ``TaskFailed`` (with the worker's traceback) if it failed, ``JobCancelled`` if it was
-        cancelled, and ``TimeoutError`` if it has not finished within ``timeout`` seconds (``None`` waits
+        cancelled (``JobExpired``, a kind of it, if it expired before it started), and ``TimeoutError`` if it has not finished within ``timeout`` seconds (``None`` waits
         for ever). Waiting does not change the job: it may finish later.
         """
         record = self._backend.wait(self.id, timeout)
         if record is None:
             raise LookupError(f"job {self.id} no longer exists (purged, or its result expired)")
         self._record = record
-        if record.status not in FINISHED:
+        if record.effective_status() not in FINISHED:
             raise TimeoutError(f"job {self.id} did not finish within {timeout} s (it is {record.status})")
         return outcome(record)
 
@@ -103,10 +103,13 @@ class Job:
 
 def outcome(record: JobRecord) -> Any:
     """The value a finished job's ``result()`` returns, or the error it raises."""
-    if record.status is JobStatus.SUCCEEDED:
+    status = record.effective_status()
+    if status is JobStatus.SUCCEEDED:
         return None if record.result is None else json.loads(record.result)
-    if record.status is JobStatus.CANCELLED:
+    if status is JobStatus.CANCELLED:
         raise JobCancelled(record.id)
+    if status is JobStatus.EXPIRED:
+        raise JobExpired(record.id)
     raise TaskFailed(record.id, record.error or "unknown error", record.traceback or "")
 
 
@@ -126,7 +129,7 @@ class Watcher:
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         record = self._backend.get(job_id)
-        if record is not None and record.status in FINISHED:
+        if record is not None and record.effective_status() in FINISHED:
             _settle(future, record)
             return future
         if record is None:
@@ -165,7 +168,7 @@ class Watcher:
                     for future in futures or ():
                         future.set_exception(exc)
                     continue
-                if record is None or record.status in FINISHED:
+                if record is None or record.effective_status() in FINISHED:
                     with self._lock:
                         futures = self._futures.pop(job_id, None)
                     for future in futures or ():

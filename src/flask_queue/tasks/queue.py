@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 import click
@@ -37,10 +37,11 @@ from flask.cli import FlaskGroup
 from flask.helpers import get_debug_flag
 
 from .. import _checks, _keys, signals
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, DuplicateJob
 from .backends import backend_from_url
 from .job import Job
 from .records import JobRecord, JobStatus
+from .schedule import Schedule, Scheduler
 from .serializer import JSONSerializer, Serializer
 from .task import DEFAULT_QUEUE, Task, _Options
 from .worker import Executor, StopReport, Worker
@@ -153,6 +154,8 @@ class TaskQueue:
         }
         self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
         self.tasks: dict[str, Task[..., Any]] = {}
+        #: The periodic schedules, by name (``@tasks.periodic``).
+        self.schedules: dict[str, Schedule] = {}
         self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         #: The state of the one app this queue is set up on, while there is only one.
         self._only: QueueState | None = None
@@ -273,6 +276,125 @@ class TaskQueue:
 
         return decorate if func is None else decorate(func)
 
+    def periodic(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str = "UTC",
+        catch_up: str = "latest",
+        max_lateness: float | None = None,
+        overlap: bool = True,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> Any:
+        """Run a task on a schedule: ``@tasks.periodic(cron="*/5 * * * *", tz="Europe/Paris")`` or
+        ``@tasks.periodic(every=30)``, over a function (made a task, as ``@tasks.task`` would) or over a task
+        (``@tasks.periodic(...)`` above ``@tasks.task(...)``, or ``tasks.periodic(every=60)(existing)``).
+
+        Each tick's job is enqueued exactly once, however many processes run workers on the backend: their
+        keepers all compute the tick, and the backend lets one of them store it. ``tick=`` is passed (an aware
+        ``datetime`` in ``tz``) when the function takes it; it must need no other argument. ``catch_up``
+        (``"latest"``, ``"all"``, ``"none"``), ``max_lateness`` and ``overlap``: see ``Schedule`` and
+        ``docs/scheduling.md``. ``name`` (default: the task's) names the schedule in the backend, the CLI and
+        the dashboard; ``queue`` and ``priority`` (default: the task's) are its jobs'.
+        """
+
+        def decorate(target: Callable[..., Any]) -> Task[..., Any]:
+            task = target if isinstance(target, Task) else self.task(target)
+            if task._queue is not self:
+                raise ValueError(f"{task!r} belongs to another TaskQueue")
+            schedule = Schedule(
+                task,
+                name=task.name if name is None else name,
+                cron=cron,
+                every=every,
+                tz=tz,
+                catch_up=catch_up,
+                max_lateness=max_lateness,
+                overlap=overlap,
+                queue=queue,
+                priority=priority,
+            )
+            if schedule.name in self.schedules:
+                raise ValueError(
+                    f"two schedules are named {schedule.name!r}; give one of them @tasks.periodic(name=...)"
+                )
+            if schedule.takes_tick:
+                task.tick_zone = schedule.tz
+            self.schedules[schedule.name] = schedule
+            return task
+
+        return decorate if func is None else decorate(func)
+
+    def schedule_states(self, app: Flask | None = None) -> list[dict[str, Any]]:
+        """Each schedule of the code, as ``flask queue schedules`` and the dashboard show it: ``name``,
+        ``task``, ``when`` (``cron "..." tz`` or ``every N s``), ``last_tick`` and ``next_tick`` (aware
+        ``datetime`` in the schedule's zone, ``None`` before the first), ``paused``."""
+        state = self.state(app)
+        stored = {record.name: record for record in state.backend.schedules()}
+        now = time.time()
+        listed = []
+        for name, schedule in sorted(self.schedules.items()):
+            record = stored.get(name)
+            last = None if record is None else record.last_tick
+            listed.append(
+                {
+                    "name": name,
+                    "task": schedule.task.name,
+                    "when": schedule.describe(),
+                    "last_tick": None if last is None else schedule.tick_time(last),
+                    "next_tick": schedule.tick_time(schedule.next_after(max(now, last or now))),
+                    "paused": record is not None and record.paused,
+                }
+            )
+        return listed
+
+    def pause(self, name: str, app: Flask | None = None) -> None:
+        """Pause a schedule in every process: its ticks pass without jobs until ``resume``."""
+        self.state(app).backend.pause_schedule(self._schedule(name).name, True)
+
+    def resume(self, name: str, app: Flask | None = None) -> None:
+        """Resume a paused schedule from its next tick (the ticks that passed paused are not caught up)."""
+        self.state(app).backend.pause_schedule(self._schedule(name).name, False)
+
+    def run_now(self, name: str, app: Flask | None = None) -> Job:
+        """Enqueue a schedule's job now, outside its ticks (``tick`` is now); its ticks are not changed."""
+        schedule = self._schedule(name)
+        state = self.state(app)
+        [job] = self._store(
+            state, schedule.task, schedule.options, [self._tick_payload(schedule, time.time())]
+        )
+        return job
+
+    def _schedule(self, name: str) -> Schedule:
+        try:
+            return self.schedules[name]
+        except KeyError:
+            known = ", ".join(sorted(self.schedules)) or "none"
+            raise LookupError(f"no schedule is named {name!r} (schedules: {known})") from None
+
+    def _tick_payload(self, schedule: Schedule, tick: float) -> str:
+        return self.serializer.dumps_call(schedule.task.name, (), schedule.kwargs(tick))
+
+    def _tick_records(self, state: QueueState, schedule: Schedule, tick: float) -> list[JobRecord]:
+        """The job of one tick of ``schedule``: its key when it may not overlap, its expiry by ``max_lateness``."""
+        [record] = self._records(state, schedule.task, schedule.options, [self._tick_payload(schedule, tick)])
+        record.key = schedule.key()
+        if schedule.max_lateness is not None:
+            record.start_by = tick + schedule.max_lateness
+        return [record]
+
+    def scheduler(self, app: Flask | None = None) -> Scheduler:
+        """A ``Scheduler`` of this queue's schedules on ``app``'s backend, for a worker's keeper."""
+        state = self.state(app)
+        return Scheduler(
+            state.backend, self.schedules, lambda schedule, tick: self._tick_records(state, schedule, tick)
+        )
+
     # -- which app -----------------------------------------------------------------------------------------
 
     def state(self, app: Flask | None = None) -> QueueState:
@@ -319,6 +441,8 @@ class TaskQueue:
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
     ) -> list[Job]:
         payloads = [self.serializer.dumps_call(task.name, args, kwargs) for args, kwargs in calls]
+        if options.key is not None:
+            options = replace(options, keys=_keys_of(task, options, calls))
         if options.session is not None:
             return self._store_in_transaction(self.state(), task, options, payloads)
         return self._store(self.state(), task, options, payloads)
@@ -333,6 +457,8 @@ class TaskQueue:
         # and a later change to a mutable argument does not change the job.
         state = self.state()
         payload = self.serializer.dumps_call(task.name, args, kwargs)
+        if options.key is not None:
+            options = replace(options, keys=_keys_of(task, options, [(args, kwargs)]))
         on_commit(lambda: self._store(state, task, options, [payload]), session=options.session)
 
     def _store(
@@ -341,11 +467,22 @@ class TaskQueue:
         if not payloads:
             return []
         records = self._records(state, task, options, payloads)
-        ids = state.backend.enqueue(records)
+        try:
+            ids = state.backend.enqueue(records, on_conflict=options.on_conflict)
+        except DuplicateJob as exc:
+            exc.job = Job(exc.job_id, state.backend)
+            raise
+        jobs = self._jobs(state, records, ids)
+        self._enqueued(state, jobs)
+        return jobs
+
+    @staticmethod
+    def _jobs(state: QueueState, records: list[JobRecord], ids: list[str]) -> list[Job]:
+        """The handles of stored ``records``: with a key, the job may be another one (it is read when asked)."""
+        jobs = []
         for record, job_id in zip(records, ids, strict=True):
             record.id = job_id
-        jobs = [Job(record.id, state.backend, record) for record in records]
-        self._enqueued(state, jobs)
+            jobs.append(Job(job_id, state.backend, None if record.key is not None else record))
         return jobs
 
     def _store_in_transaction(
@@ -370,10 +507,14 @@ class TaskQueue:
             return []
         session = resolve_session(session)
         records = self._records(state, task, options, payloads)
-        ids = state.backend.enqueue_in_transaction(session.connection(), records)
-        for record, job_id in zip(records, ids, strict=True):
-            record.id = job_id
-        jobs = [Job(record.id, state.backend, record) for record in records]
+        try:
+            ids = state.backend.enqueue_in_transaction(
+                session.connection(), records, on_conflict=options.on_conflict
+            )
+        except DuplicateJob as exc:
+            exc.job = Job(exc.job_id, state.backend)
+            raise
+        jobs = self._jobs(state, records, ids)
         on_commit(lambda: self._enqueued(state, jobs), session=session)
         return jobs
 
@@ -382,6 +523,13 @@ class TaskQueue:
     ) -> list[JobRecord]:
         now = time.time()
         eager = bool(state.settings["eager"])
+        due = now if eager else now + options.delay
+        start_by = options.start_by(due)
+        if start_by is not None and start_by <= due and not eager:
+            raise ValueError(
+                f"{task.name}: expires_at is not after the time the job is due, so it could never run"
+            )
+        keys = options.keys or [None] * len(payloads)
         return [
             JobRecord(
                 id="",
@@ -391,10 +539,12 @@ class TaskQueue:
                 priority=options.priority,
                 retries=options.retries,
                 timeout=options.timeout,
-                eta=now if eager else now + options.delay,
+                eta=due,
                 enqueued_at=now,
+                key=key,
+                start_by=start_by,
             )
-            for payload in payloads
+            for payload, key in zip(payloads, keys, strict=True)
         ]
 
     def _enqueued(self, state: QueueState, jobs: list[Job]) -> None:
@@ -463,6 +613,7 @@ class TaskQueue:
                 queues=state.settings["queues"],
                 lease=state.settings["lease"],
                 name="web",
+                scheduler=self.scheduler(state.app),
             )
             worker.start()
             state.worker = worker
@@ -526,6 +677,20 @@ class TaskQueue:
         """The status of the job with this id, or ``None`` if there is none."""
         job = self.get_job(job_id)
         return None if job is None else job.record.effective_status()
+
+
+def _keys_of(
+    task: Task[Any, Any], options: _Options, calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]]
+) -> tuple[str, ...]:
+    """The key of each call; with ``on_conflict="raise"``, two calls of one enqueue may not share one."""
+    keys = tuple(options.key_of(task.name, args, kwargs) or "" for args, kwargs in calls)
+    if options.on_conflict == "raise" and len(set(keys)) < len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(
+            f"{task.name}: two calls of one enqueue_many have the key {twice!r}, and on_conflict='raise'"
+            " allows one"
+        )
+    return keys
 
 
 def _is_async_session(session: object) -> bool:

@@ -11,11 +11,11 @@ import json
 import time
 from dataclasses import asdict, dataclass
 
-__all__ = ["FINISHED", "JobRecord", "JobStatus", "WorkerInfo"]
+__all__ = ["FINISHED", "JobRecord", "JobStatus", "ScheduleState", "WorkerInfo"]
 
 
 class JobStatus(str, enum.Enum):
-    """Where a job is in its life. ``SUCCEEDED``, ``FAILED`` and ``CANCELLED`` are final."""
+    """Where a job is in its life. ``SUCCEEDED``, ``FAILED``, ``CANCELLED`` and ``EXPIRED`` are final."""
 
     #: Ready to run, waiting for a worker.
     QUEUED = "queued"
@@ -27,13 +27,18 @@ class JobStatus(str, enum.Enum):
     #: Raised on its last attempt, or could not run (unknown task, corrupt payload); kept with its error.
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Not started by its ``expires_in`` / ``expires_at``: it never ran, and never will.
+    EXPIRED = "expired"
+    #: Waiting for something other than its time: the key of a running job of its task (an
+    #: ``on_conflict="replace"`` enqueue while the key's job ran); it is queued when that job ends.
+    DEFERRED = "deferred"
 
     def __str__(self) -> str:
         return self.value
 
 
 #: The statuses a job never leaves.
-FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
 
 @dataclass
@@ -72,14 +77,41 @@ class JobRecord:
     expires_at: float | None = None
     #: Leases that expired on this job (its worker died or hung); past a bound the job fails.
     lost: int = 0
+    #: At most one unfinished job of a task holds a key (``task.options(key=...)``); ``None``: no key.
+    key: str | None = None
+    #: A job not started by then is ``EXPIRED`` instead (``expires_in`` / ``expires_at``); ``None``: never.
+    #: Not ``expires_at``, which is when a finished job may be deleted.
+    start_by: float | None = None
     #: The length of the whole payload when ``payload`` holds only its start (``Backend.jobs(preview=N)``
     #: read no more of it); ``None``: ``payload`` is whole.
     payload_size: int | None = None
 
     def effective_status(self, now: float | None = None) -> JobStatus:
-        if self.status is JobStatus.QUEUED and self.eta > (time.time() if now is None else now):
-            return JobStatus.SCHEDULED
+        if self.status is JobStatus.QUEUED:
+            now = time.time() if now is None else now
+            if self.expired(now):
+                return JobStatus.EXPIRED
+            if self.eta > now:
+                return JobStatus.SCHEDULED
         return self.status
+
+    def expired(self, now: float) -> bool:
+        """Whether a queued job's time to start has passed without a start: no worker may take it any more,
+        and the next dequeue that meets it stores it as ``EXPIRED``."""
+        return self.start_by is not None and self.start_by < now and self.attempts == 0
+
+
+@dataclass
+class ScheduleState:
+    """What a backend keeps of a periodic schedule (``@tasks.periodic``): one record, whatever its ticks.
+
+    ``last_tick`` is the latest tick (seconds since the epoch) some process enqueued, or skipped while the
+    schedule was paused; ``None`` until the first. A schedule removed from the code keeps its record, unused.
+    """
+
+    name: str
+    last_tick: float | None = None
+    paused: bool = False
 
 
 @dataclass

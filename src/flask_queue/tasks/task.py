@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final, Generic, ParamSpec, TypeVar
 
 from .. import _checks
+from .backends.base import ON_CONFLICT
 
 if TYPE_CHECKING:
     from .job import Job
@@ -38,6 +39,31 @@ class _Options:
     #: The SQLAlchemy session whose transaction ``enqueue*`` join (the outbox) and whose commit
     #: ``enqueue_on_commit`` waits for (``None``: no outbox, and Flask-SQLAlchemy's session for the latter).
     session: Any = None
+    #: A string, or a function of the call's arguments that returns one (``None``: no key).
+    key: str | Callable[..., str] | None = None
+    on_conflict: str = "return"
+    #: Seconds after it is due that a job may still start (``None``: no limit), or an absolute time.
+    expires_in: float | None = None
+    expires_at: float | None = None
+    #: The key of each call of one enqueue, computed from ``key`` by the ``TaskQueue``.
+    keys: tuple[str, ...] | None = None
+
+    def key_of(self, task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The key of one call: the string given, or what the key function returns for its arguments."""
+        if self.key is None or isinstance(self.key, str):
+            return self.key
+        key = self.key(*args, **kwargs)
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"{task}: the key function {self.key!r} returned {key!r}, not a non-empty string"
+            )
+        return key
+
+    def start_by(self, due: float) -> float | None:
+        """When a job due at ``due`` must start by, if it has a limit."""
+        if self.expires_in is not None:
+            return due + self.expires_in
+        return self.expires_at
 
 
 class Task(Generic[P, R]):
@@ -60,7 +86,10 @@ class Task(Generic[P, R]):
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@task decorates a function, not {type(func).__name__} {func!r}")
         if isinstance(func, Task):
-            raise TypeError(f"{func!r} is a task already: decorate the function once")
+            raise TypeError(
+                f"{func!r} is a task already: decorate the function once (with @tasks.periodic, put it above"
+                " @tasks.task)"
+            )
         if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
             # Until async tasks exist (they will run on the process's event loop), every job would fail.
             raise TypeError(
@@ -77,6 +106,16 @@ class Task(Generic[P, R]):
         self.__doc__ = func.__doc__
         self.__name__ = getattr(func, "__name__", self.name)
         self.__wrapped__ = func
+        #: The time zone of the ``tick`` its schedule passes it, which a job stores as ISO 8601 text; ``None``
+        #: while no schedule passes one.
+        self.tick_zone: dt.tzinfo | None = None
+
+    def run(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> R:
+        """Run one job's call here (a worker does): ``func`` with a schedule's ``tick`` made a ``datetime``."""
+        if self.tick_zone is not None and isinstance(kwargs.get("tick"), str):
+            tick = dt.datetime.fromisoformat(kwargs["tick"]).astimezone(self.tick_zone)
+            kwargs = {**kwargs, "tick": tick}
+        return self.func(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
@@ -108,6 +147,10 @@ class Task(Generic[P, R]):
         retries: int | None = None,
         timeout: float | None = None,
         session: Any = None,
+        key: str | Callable[..., str] | None = None,
+        on_conflict: str | None = None,
+        expires_in: float | None = None,
+        expires_at: dt.datetime | None = None,
     ) -> BoundTask[P, R]:
         """This task with some options changed for the calls made through the handle returned.
 
@@ -117,6 +160,17 @@ class Task(Generic[P, R]):
         transaction (the outbox: they exist if and only if it commits), which needs the queue in the session's
         own database (PostgreSQL, or the app's SQLite file); ``enqueue_on_commit`` waits for its commit (an
         ``AsyncSession`` too).
+
+        ``key`` (a string, or a function of the call's arguments that returns one, for ``enqueue_many``): at
+        most one unfinished job of this task has it, decided by the backend in the write that stores the job.
+        ``on_conflict`` says what an enqueue that meets it does: ``"return"`` (default) the existing job,
+        ``"raise"`` ``DuplicateJob`` (its ``.job`` the existing one), ``"replace"`` give the existing job this
+        call's arguments and time if it has not started (if it runs, this call waits for it to end). See
+        ``docs/scheduling.md``.
+
+        ``expires_in`` (seconds after the job is due: now, or its ``enqueue_in``/``enqueue_at`` time) or
+        ``expires_at`` (an aware ``datetime``): a job that no worker started by then is ``EXPIRED`` and never
+        runs.
         """
         d = self.defaults
         options = _make_options(
@@ -126,7 +180,14 @@ class Task(Generic[P, R]):
             d.retries if retries is None else retries,
             d.timeout if timeout is None else timeout,
         )
-        return BoundTask(self, replace(options, session=session))
+        return BoundTask(
+            self,
+            replace(
+                options,
+                session=session,
+                **_scheduling_options(self.name, key, on_conflict, expires_in, expires_at),
+            ),
+        )
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Have a worker run ``func(*args, **kwargs)``; return the job at once.
@@ -174,20 +235,57 @@ class BoundTask(Generic[P, R]):
         return self.task._queue._enqueue(self.task, options, [(args, kwargs)])[0]
 
     def enqueue_at(self, when: dt.datetime, *args: P.args, **kwargs: P.kwargs) -> Job:
-        if not isinstance(when, dt.datetime):
-            raise TypeError(f"enqueue_at takes a datetime first, not {type(when).__name__}")
-        if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
-            raise ValueError(
-                f"enqueue_at needs an aware datetime (with a time zone), not {when!r}: a naive one is ambiguous"
-                " between processes; use datetime.now(timezone.utc) + timedelta(...)"
-            )
-        return self.enqueue_in(max(when.timestamp() - time.time(), 0.0), *args, **kwargs)
+        return self.enqueue_in(max(_timestamp("enqueue_at", when) - time.time(), 0.0), *args, **kwargs)
 
     def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[Job]:
         return self.task._queue._enqueue(self.task, self._options, _calls(calls))
 
     def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         self.task._queue._enqueue_on_commit(self.task, self._options, args, kwargs)
+
+
+def _timestamp(what: str, when: object) -> float:
+    """The time of an aware ``datetime``, as seconds since the epoch."""
+    if not isinstance(when, dt.datetime):
+        raise TypeError(f"{what} takes a datetime, not {type(when).__name__}")
+    if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+        raise ValueError(
+            f"{what} needs an aware datetime (with a time zone), not {when!r}: a naive one is ambiguous"
+            " between processes; use datetime.now(timezone.utc) + timedelta(...)"
+        )
+    return when.timestamp()
+
+
+#: The longest key: it goes into an index (SQLite and PostgreSQL) and a hash field (Redis).
+MAX_KEY = 1000
+
+
+def _scheduling_options(
+    name: str,
+    key: object,
+    on_conflict: object,
+    expires_in: object,
+    expires_at: object,
+) -> dict[str, Any]:
+    """The checked ``key``, ``on_conflict``, ``expires_in`` and ``expires_at`` of ``task.options``."""
+    if key is not None and not callable(key):
+        _checks.name(f"{name}: key", key)
+        if len(key) > MAX_KEY:  # type: ignore[arg-type]
+            raise _checks.fail(f"{name}: key", f"a string of at most {MAX_KEY} characters", key)
+    if on_conflict is not None:
+        if key is None:
+            raise ValueError(f"{name}: on_conflict={on_conflict!r} needs a key= to conflict on")
+        _checks.choice(f"{name}: on_conflict", on_conflict, ON_CONFLICT)  # type: ignore[arg-type]
+    if expires_in is not None and expires_at is not None:
+        raise ValueError(f"{name}: give expires_in or expires_at, not both")
+    checked_in = _checks.optional_number(f"{name}: expires_in", expires_in, strict=True)
+    checked_at = None if expires_at is None else _timestamp(f"{name}: expires_at", expires_at)
+    return {
+        "key": key,
+        "on_conflict": "return" if on_conflict is None else on_conflict,
+        "expires_in": checked_in,
+        "expires_at": checked_at,
+    }
 
 
 def _calls(

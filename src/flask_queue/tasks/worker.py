@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from .backends.base import Backend
+    from .schedule import Scheduler
     from .serializer import Serializer
     from .task import Task
 
@@ -123,7 +124,7 @@ class Executor:
         self._send(signals.task_started, job)
         try:
             with self.app.app_context(), guard():
-                value = task.func(*args, **kwargs)
+                value = task.run(args, kwargs)
             result = self.serializer.dumps_result(value)
         except Exception as exc:
             if isinstance(exc, JobTimeout):
@@ -338,6 +339,7 @@ class Worker:
         lease: float = 30.0,
         name: str = "worker",
         heartbeat: float = HEARTBEAT,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.executor = executor
         self.backend = executor.backend
@@ -357,6 +359,9 @@ class Worker:
         self._pendings: list[_Pending] = []
         self._outage = _Outage(self.backend.url)
         self.processed = 0
+        #: Enqueues the ticks of periodic schedules as they fall (every worker has one; the backend decides
+        #: which process stores each tick).
+        self.scheduler = scheduler
 
     @property
     def running(self) -> int:
@@ -613,6 +618,14 @@ class Worker:
                         called = True
                         self.backend.expire()
                         next_expire = now + EXPIRE_INTERVAL
+                    scheduler = self.scheduler
+                    if (
+                        scheduler is not None
+                        and not self._stopping.is_set()
+                        and scheduler.next_at() <= time.time()
+                    ):
+                        called = True
+                        scheduler.run()
             except Exception as exc:
                 self._outage.failed("keeper", exc)
                 quiet_until = time.monotonic() + backoff.next()
@@ -621,6 +634,9 @@ class Worker:
                     self._outage.ok()
                     backoff.reset()
             pause = min(renew_every, FLUSH_AFTER * 2) if running else min(renew_every, 1.0, self.heartbeat)
+            if self.scheduler is not None and time.monotonic() >= quiet_until:
+                # Wake at the next tick, not up to a second after it.
+                pause = min(pause, max(self.scheduler.next_at() - time.time(), 0.0))
             self._keeper_stop.wait(pause)
 
     def _renew(self, running: list[_Running]) -> bool:

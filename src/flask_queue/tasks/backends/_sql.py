@@ -9,14 +9,16 @@ whose row was deleted never names a later job that reuses the key.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from ...exceptions import BackendError
 from ..records import JobRecord, JobStatus
+from .base import duplicate
 
 COLUMNS = (
     "seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,"
-    " finished_at, lease_until, worker, result, error, traceback, expires_at, lost"
+    " finished_at, lease_until, worker, result, error, traceback, expires_at, lost, key, start_by"
 )
 
 # A leased job is a 'queued' row with a lease that has not lapsed; ``worker`` still holds it (``HELD``) until
@@ -24,18 +26,34 @@ COLUMNS = (
 LEASED = "(lease_until IS NOT NULL AND lease_until >= :now)"
 UNLEASED = "(lease_until IS NULL OR lease_until < :now)"
 HELD = "status = 'queued' AND worker = :worker AND lease_until IS NOT NULL"
+# A 'queued' row never started whose start_by has passed is expired, whatever its stored status says (a
+# dequeue stores 'expired' within a second); ``LIVE`` is the opposite, NULL-safe.
+EXPIRING = "(status = 'queued' AND attempts = 0 AND start_by < :now)"
+LIVE = "(start_by IS NULL OR attempts > 0 OR start_by >= :now)"
 STATUS_SQL = {
-    JobStatus.QUEUED: f"(status = 'queued' AND eta <= :now AND {UNLEASED})",
-    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > :now AND {UNLEASED})",
+    JobStatus.QUEUED: f"(status = 'queued' AND eta <= :now AND {UNLEASED} AND {LIVE})",
+    JobStatus.SCHEDULED: f"(status = 'queued' AND eta > :now AND {UNLEASED} AND {LIVE})",
     JobStatus.RUNNING: f"(status = 'queued' AND {LEASED})",
     JobStatus.SUCCEEDED: "status = 'succeeded'",
     JobStatus.FAILED: "status = 'failed'",
     JobStatus.CANCELLED: "status = 'cancelled'",
+    JobStatus.EXPIRED: f"(status = 'expired' OR {EXPIRING})",
+    JobStatus.DEFERRED: "status = 'deferred'",
 }
 EFFECTIVE_STATUS = (
-    f"CASE WHEN status = 'queued' AND {LEASED} THEN 'running'"
+    f"CASE WHEN status = 'queued' AND {LEASED} THEN 'running' WHEN {EXPIRING} THEN 'expired'"
     " WHEN status = 'queued' AND eta > :now THEN 'scheduled' ELSE status END"
 )
+#: A final job back to the queue, unless another job of its task holds its key now.
+REQUEUE = (
+    "UPDATE flask_queue_jobs SET status = 'queued', attempts = 0, lost = 0, eta = :now, finished_at = NULL,"
+    " expires_at = NULL, lease_until = NULL, worker = NULL, start_by = NULL WHERE seq = :seq AND token = :token"
+    " AND status IN ('failed', 'cancelled', 'expired') AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM"
+    " flask_queue_jobs AS other WHERE other.task = flask_queue_jobs.task AND other.key = flask_queue_jobs.key"
+    " AND other.status IN ('queued', 'deferred')))"
+)
+#: Stores as expired the jobs that are so only by the clock (see ``EXPIRING``); a dequeue runs it.
+EXPIRE = f"UPDATE flask_queue_jobs SET status = 'expired', finished_at = :now WHERE {EXPIRING}"
 ID = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})")
 
 
@@ -52,16 +70,18 @@ def key(job_id: str) -> dict[str, int]:
 def record(row: Sequence[Any], now: float) -> JobRecord:
     """The record of a row read at ``now``: a 'queued' row under a live lease is RUNNING."""
     (seq, token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
-     finished_at, lease_until, worker, result, error, traceback, expires_at, lost) = row  # fmt: skip
+     finished_at, lease_until, worker, result, error, traceback, expires_at, lost, key, start_by) = row  # fmt: skip
+    if status == "queued" and lease_until is not None and lease_until >= now:
+        status = "running"
+    elif status == "queued" and attempts == 0 and start_by is not None and start_by < now:
+        status = "expired"
     return JobRecord(
         id=f"{seq}-{token:08x}",
         task=task,
         queue=queue,
         payload=payload,
         priority=priority,
-        status=JobStatus.RUNNING
-        if status == "queued" and lease_until is not None and lease_until >= now
-        else JobStatus(status),
+        status=JobStatus(status),
         attempts=attempts,
         retries=retries,
         timeout=timeout,
@@ -76,6 +96,8 @@ def record(row: Sequence[Any], now: float) -> JobRecord:
         traceback=traceback,
         expires_at=expires_at,
         lost=lost,
+        key=key,
+        start_by=start_by,
     )
 
 
@@ -92,3 +114,98 @@ def preview_record(row: Sequence[Any], now: float, preview: int) -> JobRecord:
     if size > preview:
         found.payload_size = size
     return found
+
+
+# -- keys ---------------------------------------------------------------------------------------------------------
+# The statements of ``store_keyed``, shared by SQLite and PostgreSQL. The unique indexes decide: one over the
+# (task, key) of 'queued' rows (waiting or running), one over those of 'deferred' rows; an insert that meets
+# either does nothing, and the holder is read after it.
+
+KEYED_COLUMNS = "token, task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, key, start_by"
+INSERT_KEYED = (
+    f"INSERT INTO flask_queue_jobs ({KEYED_COLUMNS}) VALUES (:token, :task, :queue, :payload, :priority, :status,"
+    " 0, :retries, :timeout, :eta, :enqueued_at, :key, :start_by) ON CONFLICT DO NOTHING RETURNING seq"
+)
+EXPIRE_HOLDER = (
+    "UPDATE flask_queue_jobs SET status = 'expired', finished_at = :now"
+    f" WHERE task = :task AND key = :key AND {EXPIRING}"
+)
+HOLDER = "SELECT seq, token, lease_until FROM flask_queue_jobs WHERE task = :task AND key = :key AND status = :status"
+#: A holder that is not running (never started, or its lease lapsed) takes the new call.
+REPLACE = (
+    "UPDATE flask_queue_jobs SET queue = :queue, payload = :payload, priority = :priority, retries = :retries,"
+    " timeout = :timeout, eta = :eta, start_by = :start_by WHERE seq = :seq AND status = :status"
+    f" AND {UNLEASED} RETURNING seq"
+)
+#: Passes between an insert that met a holder and the read of it, if the holder ends each time meanwhile.
+KEY_ATTEMPTS = 20
+
+Run = Callable[[str, Any], list[Any]]
+
+
+def store_keyed(run: Run, row: dict[str, Any], on_conflict: str, now: float) -> str:
+    """Store the job of ``row`` (the parameters of ``INSERT_KEYED`` but ``status``), which has a key, as the
+    contract says for ``on_conflict``; return its id or its holder's. ``run(sql, params)`` executes one
+    statement inside the caller's transaction and returns its rows."""
+    params = {**row, "now": now}
+    for _ in range(KEY_ATTEMPTS):
+        run(EXPIRE_HOLDER, params)
+        inserted = run(INSERT_KEYED, {**params, "status": "queued"})
+        if inserted:
+            return f"{inserted[0][0]}-{row['token']:08x}"
+        holders = run(HOLDER, {**params, "status": "queued"})
+        if not holders:
+            continue  # it ended meanwhile (PostgreSQL): try again
+        seq, token, lease_until = holders[0]
+        holder = f"{seq}-{token:08x}"
+        if on_conflict == "return":
+            return holder
+        if on_conflict == "raise":
+            raise duplicate(JobRecord(id="", task=row["task"], queue="", payload="", key=row["key"]), holder)
+        if lease_until is None or lease_until < now:
+            if run(REPLACE, {**params, "seq": seq, "status": "queued"}):
+                return holder
+            continue  # a worker took it meanwhile: defer behind it
+        inserted = run(INSERT_KEYED, {**params, "status": "deferred"})
+        if inserted:
+            return f"{inserted[0][0]}-{row['token']:08x}"
+        deferred = run(HOLDER, {**params, "status": "deferred"})
+        if deferred and run(REPLACE, {**params, "seq": deferred[0][0], "status": "deferred"}):
+            return f"{deferred[0][0]}-{deferred[0][1]:08x}"
+    raise BackendError(
+        f"could not store a job of {row['task']!r} with key {row['key']!r}: its holder kept changing"
+    )
+
+
+def keyed_row(record: JobRecord, token: int) -> dict[str, Any]:
+    """The parameters of ``INSERT_KEYED`` (but ``status``) for ``record``."""
+    return {
+        "token": token,
+        "task": record.task,
+        "queue": record.queue,
+        "payload": record.payload,
+        "priority": record.priority,
+        "retries": record.retries,
+        "timeout": record.timeout,
+        "eta": record.eta,
+        "enqueued_at": record.enqueued_at,
+        "key": record.key,
+        "start_by": record.start_by,
+    }
+
+
+# -- schedules ----------------------------------------------------------------------------------------------------
+
+#: Makes ``:tick`` the schedule's last tick if it is later than the last; a row comes back if and only if it
+#: did, with ``paused``.
+ADVANCE_TICK = (
+    "INSERT INTO flask_queue_schedules (name, last_tick, paused) VALUES (:name, :tick, 0)"
+    " ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick"
+    " WHERE flask_queue_schedules.last_tick IS NULL OR flask_queue_schedules.last_tick < excluded.last_tick"
+    " RETURNING paused"
+)
+PAUSE = (
+    "INSERT INTO flask_queue_schedules (name, last_tick, paused) VALUES (:name, NULL, :paused)"
+    " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
+)
+SCHEDULES = "SELECT name, last_tick, paused FROM flask_queue_schedules ORDER BY name"

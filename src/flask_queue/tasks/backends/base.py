@@ -15,11 +15,30 @@ The life of a job::
                   │ │ └─ lease lapses (worker died) ──> QUEUED again, ``lost`` + 1; past MAX_LOST: FAILED
                   │ └─── retry_later ──> QUEUED with a later eta
                   └───── finish ──> SUCCEEDED | FAILED      (kept until ``expires_at``, None = for ever)
-    QUEUED ──cancel──> CANCELLED;   FAILED | CANCELLED ──requeue──> QUEUED
+    QUEUED ──cancel──> CANCELLED;   FAILED | CANCELLED | EXPIRED ──requeue──> QUEUED
+    QUEUED, never started, past ``start_by`` ──> EXPIRED (no worker takes it; a dequeue stores the status)
+    DEFERRED (waits for its key) ──the key's running job ends──> QUEUED
 
 Delivery is at-least-once: a job is RUNNING under one worker's lease, and only the holder of the lease can
 finish it (``finish`` and ``retry_later`` return ``None``/``False`` to a worker that lost it). A worker that
 dies stops renewing, its lease lapses, and the next ``dequeue`` hands the job out again.
+
+Keys: among the unfinished jobs of one task (queued, scheduled, running) at most one holds a given ``key``,
+and at most one more waits for it (``DEFERRED``). The backend enforces it in the write that stores the job,
+never by a read before it, so that threads, processes and machines that enqueue one key at once leave one
+job. A job frees its key when it becomes final (finished, cancelled, expired, failed after lost leases);
+the job ``DEFERRED`` behind it, if any, is queued in that same write. ``on_conflict`` says what an enqueue
+that meets the key's job does:
+
+- ``"return"``: store nothing for that record; its id is the holder's;
+- ``"raise"``: store nothing at all (the whole batch) and raise ``DuplicateJob`` with the holder's id;
+- ``"replace"``: a holder that has not started takes the new record's payload, priority, retries, timeout,
+  eta and ``start_by`` (its id is kept); a running holder keeps running, and the record is stored
+  ``DEFERRED`` behind it (or replaces the one deferred there already).
+
+Schedules: ``enqueue_tick`` stores a periodic schedule's jobs for one tick if and only if that tick is later
+than the schedule's last one, and makes it the last, in one write: of many processes that enqueue one tick,
+exactly one stores its job. A schedule's state is one record (``ScheduleState``) whatever its ticks.
 """
 
 from __future__ import annotations
@@ -32,11 +51,23 @@ from concurrent.futures import Future
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
-from ...exceptions import ConfigurationError
+from ...exceptions import ConfigurationError, DuplicateJob
 from ..job import Watcher
-from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
+from ..records import FINISHED, JobRecord, JobStatus, ScheduleState, WorkerInfo
 
-__all__ = ["MAX_LOST", "Backend", "cut_payload", "hide_query_secrets", "hide_secrets", "scrub"]
+__all__ = [
+    "MAX_LOST",
+    "ON_CONFLICT",
+    "Backend",
+    "cut_payload",
+    "duplicate",
+    "hide_query_secrets",
+    "hide_secrets",
+    "scrub",
+]
+
+#: What an enqueue that meets an unfinished job of the same task and key may do (see the module's text).
+ON_CONFLICT = ("return", "raise", "replace")
 
 #: Leases a job may lose (its worker died or hung past the lease) before it is failed instead of handed out
 #: again: a job that kills its worker every time must not take down every worker in turn for ever.
@@ -114,12 +145,33 @@ class Backend(abc.ABC):
     # -- what subclasses implement ---------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+    def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         """Store new jobs, all or none, as ``QUEUED``; return the ids the backend gave them, in order.
 
         The ids are the backend's to choose (the records' own ``id`` is ignored): opaque strings, never
-        reused for another job of this backend.
+        reused for another job of this backend. A record with a ``key`` that an unfinished job of its task
+        holds is handled as ``on_conflict`` says (see the module's text): its id in the list is then the
+        holder's (or, deferred, the new job's), and with ``"raise"`` nothing is stored and
+        ``DuplicateJob`` raised. Records of one call that share a key meet each other the same way.
         """
+
+    @abc.abstractmethod
+    def enqueue_tick(self, schedule: str, tick: float, records: Sequence[JobRecord]) -> list[str] | None:
+        """Store ``records`` (as ``enqueue`` does, ``on_conflict="return"``) if and only if ``tick`` is later
+        than the last tick of ``schedule``, and make ``tick`` its last, in one write; return their ids.
+
+        ``None`` when the tick is not later (another process stored it first, or a later one) and when the
+        schedule is paused: a paused schedule's ticks pass without jobs.
+        """
+
+    @abc.abstractmethod
+    def schedules(self) -> list[ScheduleState]:
+        """The state of every schedule this backend has a record of, by name."""
+
+    @abc.abstractmethod
+    def pause_schedule(self, schedule: str, paused: bool) -> None:
+        """Pause a schedule (its ticks pass without jobs) or resume it, in every process; a schedule with no
+        record yet gets one."""
 
     @abc.abstractmethod
     def dequeue(
@@ -176,12 +228,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def cancel(self, job_id: str) -> bool:
-        """``QUEUED`` (or scheduled) becomes ``CANCELLED``; ``True`` if this call changed it."""
+        """``QUEUED`` (or scheduled, or deferred) becomes ``CANCELLED``; ``True`` if this call changed it."""
 
     @abc.abstractmethod
     def requeue(self, job_id: str) -> bool:
-        """``FAILED`` or ``CANCELLED`` becomes ``QUEUED`` to run now, with its attempts and lost leases reset;
-        ``True`` if this call changed it."""
+        """``FAILED``, ``CANCELLED`` or ``EXPIRED`` becomes ``QUEUED`` to run now, with its attempts and lost
+        leases reset and no ``start_by``; ``True`` if this call changed it. ``False`` also when the job has a
+        key that another unfinished job of its task holds now."""
 
     @abc.abstractmethod
     def purge(self, queue: str | None, statuses: Collection[JobStatus]) -> int:
@@ -263,10 +316,12 @@ class Backend(abc.ABC):
             for job_id, result, expires in succeeded
         ]
 
-    def enqueue_in_transaction(self, connection: Any, records: Sequence[JobRecord]) -> list[str]:
+    def enqueue_in_transaction(
+        self, connection: Any, records: Sequence[JobRecord], *, on_conflict: str = "return"
+    ) -> list[str]:
         """Store new jobs through ``connection``, the SQLAlchemy ``Connection`` of the caller's open transaction
         (the outbox): they exist if and only if that transaction commits, and this backend's workers are woken
-        after the commit. Return their ids at once, as ``enqueue`` does.
+        after the commit. Return their ids at once, as ``enqueue`` does (keys and ``on_conflict`` included).
 
         Only a backend whose tables live in that connection's own database can; the others (this default)
         raise ``ConfigurationError`` naming the alternatives.
@@ -299,7 +354,7 @@ class Backend(abc.ABC):
         pause = 0.001
         while True:
             record = self.get(job_id)
-            if record is None or record.status in FINISHED:
+            if record is None or record.effective_status() in FINISHED:
                 return record
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -323,6 +378,11 @@ class Backend(abc.ABC):
             with self._finished_here:
                 self._finished_here.notify_all()
         self._watcher.finished(record)
+
+
+def duplicate(record: JobRecord, holder: str) -> DuplicateJob:
+    """The error of an ``on_conflict="raise"`` enqueue of ``record`` whose key job ``holder`` holds."""
+    return DuplicateJob(record.task, record.key or "", holder)
 
 
 def cut_payload(record: JobRecord, preview: int | None) -> JobRecord:

@@ -17,8 +17,8 @@ import time
 import uuid
 from collections.abc import Collection, Sequence
 
-from ..records import FINISHED, JobRecord, JobStatus, WorkerInfo
-from .base import LOST_ERROR, MAX_LOST, Backend, cut_payload
+from ..records import FINISHED, JobRecord, JobStatus, ScheduleState, WorkerInfo
+from .base import LOST_ERROR, MAX_LOST, Backend, cut_payload, duplicate
 
 __all__ = ["MemoryBackend"]
 
@@ -45,20 +45,127 @@ class MemoryBackend(Backend):
         self._prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._workers: dict[str, WorkerInfo] = {}
+        #: (task, key) -> the id of the unfinished job holding the key, and of the job deferred behind it.
+        self._holders: dict[tuple[str, str], str] = {}
+        self._deferred: dict[tuple[str, str], str] = {}
+        self._schedules: dict[str, ScheduleState] = {}
 
-    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
-        now = time.time()
-        stored = [copy.copy(record) for record in records]
-        for record in stored:
-            # Unique within this backend, which lives and dies with its process: no need for uuid4's syscall.
-            record.id = f"{self._prefix}{next(self._ids):x}"
+    def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         with self._lock:
-            for record in stored:
-                self._jobs[record.id] = record
-                self._order[record.id] = next(self._seq)
-                self._push(record, now)
-            self._ready.notify(len(stored))
-        return [record.id for record in stored]
+            ids = self._store(records, on_conflict)
+            self._ready.notify(len(records))
+        return ids
+
+    def _store(self, records: Sequence[JobRecord], on_conflict: str) -> list[str]:
+        """Store ``records`` under the lock, keys as the contract says; all or none."""
+        now = time.time()
+        if on_conflict == "raise":
+            seen: set[tuple[str, str]] = set()
+            for record in records:
+                if record.key is not None:
+                    slot = (record.task, record.key)
+                    holder = self._holder(slot, now)
+                    if holder is not None:
+                        raise duplicate(record, holder.id)
+                    if slot in seen:
+                        raise duplicate(record, "(another call of this enqueue)")
+                    seen.add(slot)
+        ids = []
+        for new in records:
+            holder = None if new.key is None else self._holder((new.task, new.key), now)
+            if holder is None:
+                ids.append(self._add(copy.copy(new), now).id)
+            elif on_conflict == "return":
+                ids.append(holder.id)
+            elif holder.status is JobStatus.QUEUED:  # "replace", and it has not started
+                self._replace(holder, new, now)
+                ids.append(holder.id)
+            else:  # "replace" while it runs: wait behind it
+                deferred = self._jobs.get(self._deferred.get((new.task, new.key or ""), ""))
+                if deferred is not None:
+                    self._replace(deferred, new, now)
+                    ids.append(deferred.id)
+                else:
+                    record = copy.copy(new)
+                    record.status = JobStatus.DEFERRED
+                    ids.append(self._add(record, now).id)
+        return ids
+
+    def _add(self, record: JobRecord, now: float) -> JobRecord:
+        # Unique within this backend, which lives and dies with its process: no need for uuid4's syscall.
+        record.id = f"{self._prefix}{next(self._ids):x}"
+        self._jobs[record.id] = record
+        self._order[record.id] = next(self._seq)
+        if record.key is not None:
+            slot = (record.task, record.key)
+            if record.status is JobStatus.DEFERRED:
+                self._deferred[slot] = record.id
+                return record
+            self._holders[slot] = record.id
+        self._push(record, now)
+        return record
+
+    def _holder(self, slot: tuple[str, str], now: float) -> JobRecord | None:
+        """The unfinished job that holds a key, after storing as expired one that expired by the clock."""
+        record = self._jobs.get(self._holders.get(slot, ""))
+        if record is not None and record.status is JobStatus.QUEUED and record.expired(now):
+            self._expire(record, now)
+            record = self._jobs.get(self._holders.get(slot, ""))
+        return record
+
+    def _replace(self, record: JobRecord, new: JobRecord, now: float) -> None:
+        """``on_conflict="replace"``: a job not started takes the new call (and moves in the queues)."""
+        record.queue, record.payload, record.priority = new.queue, new.payload, new.priority
+        record.retries, record.timeout, record.eta, record.start_by = (
+            new.retries,
+            new.timeout,
+            new.eta,
+            new.start_by,
+        )
+        if record.status is JobStatus.QUEUED:
+            self._push(record, now)  # the old heap entry goes stale with its token
+
+    def _ended(self, record: JobRecord, now: float) -> None:
+        """A job became final (or was deleted): free its key, queueing the job deferred behind it."""
+        if record.key is None:
+            return
+        slot = (record.task, record.key)
+        if self._holders.get(slot) == record.id:
+            del self._holders[slot]
+            waiting = self._jobs.get(self._deferred.pop(slot, ""))
+            if waiting is not None:
+                waiting.status = JobStatus.QUEUED
+                self._holders[slot] = waiting.id
+                self._push(waiting, now)
+                self._ready.notify()
+        elif self._deferred.get(slot) == record.id:
+            del self._deferred[slot]
+
+    def _expire(self, record: JobRecord, now: float) -> None:
+        record.status = JobStatus.EXPIRED
+        record.finished_at = now
+        self._token.pop(record.id, None)
+        self._ended(record, now)
+
+    def enqueue_tick(self, schedule: str, tick: float, records: Sequence[JobRecord]) -> list[str] | None:
+        with self._lock:
+            state = self._schedules.setdefault(schedule, ScheduleState(schedule))
+            if state.last_tick is not None and state.last_tick >= tick:
+                return None
+            state.last_tick = tick
+            if state.paused:
+                return None
+            ids = self._store(records, "return")
+            self._ready.notify(len(records))
+        return ids
+
+    def schedules(self) -> list[ScheduleState]:
+        with self._lock:
+            return [copy.copy(self._schedules[name]) for name in sorted(self._schedules)]
+
+    def pause_schedule(self, schedule: str, paused: bool) -> None:
+        with self._lock:
+            self._schedules.setdefault(schedule, ScheduleState(schedule)).paused = paused
 
     def _push(self, record: JobRecord, now: float) -> None:
         token = next(self._seq)
@@ -133,6 +240,7 @@ class MemoryBackend(Backend):
                 record.expires_at = expires_at
                 record.lease_until = None
                 del self._running[job_id]
+                self._ended(record, now)
                 done.append(copy.copy(record))
         for record in done:
             if record is not None:
@@ -179,7 +287,12 @@ class MemoryBackend(Backend):
             return None
         _, _, _, job_id = heapq.heappop(best)
         del self._token[job_id]
-        return self._jobs[job_id]
+        record = self._jobs[job_id]
+        now = time.time()
+        if record.expired(now):  # the dequeue that meets it stores it as expired, and looks further
+            self._expire(record, now)
+            return self._pick(queues)
+        return record
 
     def _recover(self, now: float) -> None:
         lapsed = [r for r in self._running.values() if r.lease_until is not None and r.lease_until < now]
@@ -192,6 +305,7 @@ class MemoryBackend(Backend):
                 record.status = JobStatus.FAILED
                 record.error = LOST_ERROR
                 record.finished_at = now
+                self._ended(record, now)
             else:
                 record.status = JobStatus.QUEUED
                 record.eta = now
@@ -234,6 +348,7 @@ class MemoryBackend(Backend):
             record.expires_at = expires_at
             record.lease_until = None
             del self._running[job_id]
+            self._ended(record, record.finished_at)
             finished = copy.copy(record)
         self.finished_here(finished)
         return finished
@@ -274,16 +389,22 @@ class MemoryBackend(Backend):
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             record = self._jobs.get(job_id)
-            return None if record is None else copy.copy(record)
+            return None if record is None else _reported(record, time.time())
 
     def cancel(self, job_id: str) -> bool:
         with self._lock:
             record = self._jobs.get(job_id)
-            if record is None or record.status is not JobStatus.QUEUED:
+            now = time.time()
+            if (
+                record is None
+                or record.status not in (JobStatus.QUEUED, JobStatus.DEFERRED)
+                or record.expired(now)
+            ):
                 return False
             record.status = JobStatus.CANCELLED
-            record.finished_at = time.time()
+            record.finished_at = now
             self._token.pop(job_id, None)
+            self._ended(record, now)
             finished = copy.copy(record)
         self.finished_here(finished)
         return True
@@ -291,14 +412,26 @@ class MemoryBackend(Backend):
     def requeue(self, job_id: str) -> bool:
         with self._lock:
             record = self._jobs.get(job_id)
-            if record is None or record.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            now = time.time()
+            if record is not None and record.status is JobStatus.QUEUED and record.expired(now):
+                self._expire(record, now)
+            if record is None or record.effective_status(now) not in (
+                JobStatus.FAILED,
+                JobStatus.CANCELLED,
+                JobStatus.EXPIRED,
+            ):
                 return False
+            if record.key is not None:
+                if self._holder((record.task, record.key), now) is not None:
+                    return False
+                self._holders[(record.task, record.key)] = record.id
             record.status = JobStatus.QUEUED
             record.attempts = 0
             record.lost = 0
-            record.eta = time.time()
+            record.eta = now
             record.finished_at = None
             record.expires_at = None
+            record.start_by = None
             self._push(record, record.eta)
             self._ready.notify()
             return True
@@ -307,6 +440,7 @@ class MemoryBackend(Backend):
         statuses = {JobStatus(status) for status in statuses}
         now = time.time()
         with self._lock:
+            self._recover(now)  # a lapsed lease makes its job queued again, as the SQL backends see it
             doomed = [
                 job_id
                 for job_id, record in self._jobs.items()
@@ -315,14 +449,21 @@ class MemoryBackend(Backend):
                 and record.effective_status(now) in statuses
             ]
             for job_id in doomed:
+                self._ended(self._jobs[job_id], now)
                 self._forget(job_id)
             return len(doomed)
 
     def size(self, queue: str | None = None) -> int:
         with self._lock:
             self._promote(time.time())
+            now = time.time()
             heaps = self._queues.values() if queue is None else [self._queues.get(queue, [])]
-            return sum(1 for heap in heaps for entry in heap if self._live(entry[2], entry[3]))
+            return sum(
+                1
+                for heap in heaps
+                for entry in heap
+                if self._live(entry[2], entry[3]) and not self._jobs[entry[3]].expired(now)
+            )
 
     def counts(self) -> dict[str, dict[str, int]]:
         now = time.time()
@@ -355,7 +496,9 @@ class MemoryBackend(Backend):
                 and (queue is None or record.queue == queue)
             ]
             chosen.sort(key=lambda record: self._order[record.id], reverse=True)
-            return [cut_payload(copy.copy(record), preview) for record in chosen[offset : offset + limit]]
+            return [
+                cut_payload(_reported(record, now), preview) for record in chosen[offset : offset + limit]
+            ]
 
     def expire(self) -> int:
         now = time.time()
@@ -376,7 +519,8 @@ class MemoryBackend(Backend):
 
     def pending(self) -> int:
         with self._lock:
-            return sum(1 for record in self._jobs.values() if record.status not in FINISHED)
+            now = time.time()
+            return sum(1 for record in self._jobs.values() if record.effective_status(now) not in FINISHED)
 
     def beat(self, info: WorkerInfo) -> None:
         with self._lock:
@@ -393,3 +537,11 @@ class MemoryBackend(Backend):
     def forget(self, name: str) -> None:
         with self._lock:
             self._workers.pop(name, None)
+
+
+def _reported(record: JobRecord, now: float) -> JobRecord:
+    """A copy of ``record`` as a reader sees it: expired by the clock reads as ``EXPIRED``, as in SQL."""
+    reported = copy.copy(record)
+    if reported.status is JobStatus.QUEUED and reported.expired(now):
+        reported.status = JobStatus.EXPIRED
+    return reported

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ...exceptions import BackendError, ConfigurationError
-from ..records import JobRecord, JobStatus, WorkerInfo
+from ..records import JobRecord, JobStatus, ScheduleState, WorkerInfo
 from . import _sql
 from .base import LOST_ERROR, MAX_LOST, Backend
 
@@ -56,17 +56,51 @@ CREATE TABLE IF NOT EXISTS flask_queue_jobs (
     error TEXT,
     traceback TEXT,
     expires_at REAL,
-    lost INTEGER NOT NULL DEFAULT 0
+    lost INTEGER NOT NULL DEFAULT 0,
+    key TEXT,
+    start_by REAL
 );
+"""
+
+#: Columns added since the table's first release, with their types: a file made before them gets them added.
+_ADDED_COLUMNS = {"key": "TEXT", "start_by": "REAL"}
+
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS flask_queue_ready ON flask_queue_jobs (priority, seq) WHERE status = 'queued';
 -- counts() reads the finished jobs from this index alone (a dashboard over 100,000 jobs answers in tens of
 -- milliseconds instead of a table scan). Partial, so that it changes only when a job finishes or is
 -- requeued, and so that no query of 'queued' rows (dequeue above all) can pick it instead of the one above.
 CREATE INDEX IF NOT EXISTS flask_queue_finished ON flask_queue_jobs (status, queue) WHERE status != 'queued';
+-- Keys: at most one 'queued' (waiting or running) and one 'deferred' job per task and key. An insert that
+-- meets either does nothing (see _sql.store_keyed).
+CREATE UNIQUE INDEX IF NOT EXISTS flask_queue_key ON flask_queue_jobs (task, key)
+    WHERE key IS NOT NULL AND status = 'queued';
+CREATE UNIQUE INDEX IF NOT EXISTS flask_queue_key_deferred ON flask_queue_jobs (task, key)
+    WHERE status = 'deferred';
+-- The jobs that may expire, for the dequeue that stores them as expired (empty when no job has expires_in).
+CREATE INDEX IF NOT EXISTS flask_queue_start_by ON flask_queue_jobs (start_by)
+    WHERE status = 'queued' AND start_by IS NOT NULL;
+-- A job that ends (or is deleted) while holding a key hands it to the job deferred behind it, in the same
+-- statement, whichever of finish, cancel, expiry, lost leases or purge ended it.
+CREATE TRIGGER IF NOT EXISTS flask_queue_key_freed AFTER UPDATE OF status ON flask_queue_jobs
+    WHEN OLD.status = 'queued' AND NEW.status != 'queued' AND OLD.key IS NOT NULL
+BEGIN
+    UPDATE flask_queue_jobs SET status = 'queued' WHERE task = OLD.task AND key = OLD.key AND status = 'deferred';
+END;
+CREATE TRIGGER IF NOT EXISTS flask_queue_key_deleted AFTER DELETE ON flask_queue_jobs
+    WHEN OLD.status = 'queued' AND OLD.key IS NOT NULL
+BEGIN
+    UPDATE flask_queue_jobs SET status = 'queued' WHERE task = OLD.task AND key = OLD.key AND status = 'deferred';
+END;
 CREATE TABLE IF NOT EXISTS flask_queue_workers (
     name TEXT PRIMARY KEY,
     info TEXT NOT NULL,
     alive_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flask_queue_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL,
+    paused INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -146,13 +180,28 @@ class SQLiteBackend(Backend):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _write_lock(self.path)
-            db = self._db()
-            self._retrying(lambda: db.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;"))
+            self._retrying(self._create_tables)
         except (OSError, sqlite3.Error) as exc:
             raise BackendError(
                 f"cannot use {self.path} as the SQLite task queue: {exc}. Give TASK_QUEUE_BACKEND a path in a"
                 " folder this process can write (sqlite:///relative/to/instance or sqlite:////absolute)"
             ) from exc
+
+    def _create_tables(self) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(flask_queue_jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE flask_queue_jobs ADD COLUMN {column} {kind}")
+            for statement in _split(_INDEXES):
+                db.execute(statement)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     # -- connections ---------------------------------------------------------------------------------------
 
@@ -256,35 +305,44 @@ class SQLiteBackend(Backend):
 
     # -- the contract --------------------------------------------------------------------------------------
 
-    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
-        rows = [
-            (
-                random.getrandbits(32),
-                r.task,
-                r.queue,
-                r.payload,
-                r.priority,
-                r.retries,
-                r.timeout,
-                r.eta,
-                r.enqueued_at,
-            )
-            for r in records
-        ]
+    def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         db = self._db()
-        if len(rows) == 1:
-            seqs = [self._retrying(lambda: db.execute(_INSERT, rows[0]).lastrowid)]
-        else:
+        if any(record.key is not None for record in records):
             with self._write():
-                seqs = [db.execute(_INSERT, row).lastrowid for row in rows]
+                ids = self._store(
+                    lambda sql, params: db.execute(sql, params).fetchall(), records, on_conflict
+                )
+        else:
+            rows = [_row(record, random.getrandbits(32)) for record in records]
+            if len(rows) == 1:
+                seqs = [self._retrying(lambda: db.execute(_INSERT, rows[0]).lastrowid)]
+            else:
+                with self._write():
+                    seqs = [db.execute(_INSERT, row).lastrowid for row in rows]
+            ids = [f"{seq}-{row[0]:08x}" for seq, row in zip(seqs, rows, strict=True)]
         # Wake this process's idle workers; with none waiting, skip the lock. A worker about to wait that misses
         # this sees the commit through PRAGMA data_version within poll_interval.
         if self._idle:
             with self._ready:
-                self._ready.notify(len(rows))
-        return [f"{seq}-{row[0]:08x}" for seq, row in zip(seqs, rows, strict=True)]
+                self._ready.notify(len(records))
+        return ids
 
-    def enqueue_in_transaction(self, connection: Any, records: Sequence[JobRecord]) -> list[str]:
+    @staticmethod
+    def _store(run: _sql.Run, records: Sequence[JobRecord], on_conflict: str) -> list[str]:
+        """Insert ``records`` through ``run`` (inside the caller's transaction), keys as the contract says."""
+        now = time.time()
+        ids = []
+        for record in records:
+            token = random.getrandbits(32)
+            if record.key is None:
+                ids.append(f"{run(f'{_INSERT} RETURNING seq', _row(record, token))[0][0]}-{token:08x}")
+            else:
+                ids.append(_sql.store_keyed(run, _sql.keyed_row(record, token), on_conflict, now))
+        return ids
+
+    def enqueue_in_transaction(
+        self, connection: Any, records: Sequence[JobRecord], *, on_conflict: str = "return"
+    ) -> list[str]:
         # The session's database must be this very file, whatever path or link its URL names it by.
         files = (
             {name: file for _, name, file in connection.exec_driver_sql("PRAGMA database_list")}
@@ -298,15 +356,38 @@ class SQLiteBackend(Backend):
                 " and it is not: use task.enqueue_on_commit(...) to enqueue once the transaction commits, or"
                 " point TASK_QUEUE_BACKEND at the app's own file (sqlite:////path/of/app.db)"
             )
-        ids = []
-        for r in records:
-            token = random.getrandbits(32)
-            row = (token, r.task, r.queue, r.payload, r.priority, r.retries, r.timeout, r.eta, r.enqueued_at)
-            # Workers here and in other processes see the commit through PRAGMA data_version, within
-            # poll_interval; SQLite has nothing to wake them sooner from another connection.
-            seq = connection.exec_driver_sql(f"{_INSERT} RETURNING seq", row).scalar_one()
-            ids.append(f"{seq}-{token:08x}")
+
+        # Workers here and in other processes see the commit through PRAGMA data_version, within poll_interval;
+        # SQLite has nothing to wake them sooner from another connection.
+        def run(sql: str, params: Any) -> list[Any]:
+            result = connection.exec_driver_sql(sql, params)
+            return list(result.fetchall()) if result.returns_rows else []
+
+        return self._store(run, records, on_conflict)
+
+    def enqueue_tick(self, schedule: str, tick: float, records: Sequence[JobRecord]) -> list[str] | None:
+        db = self._db()
+
+        def run(sql: str, params: Mapping[str, Any]) -> list[Any]:
+            return db.execute(sql, params).fetchall()
+
+        with self._write():
+            advanced = run(_sql.ADVANCE_TICK, {"name": schedule, "tick": tick})
+            if not advanced or advanced[0][0]:
+                return None  # another process had this tick (or a later one), or the schedule is paused
+            ids = self._store(run, records, "return")
+        if self._idle:
+            with self._ready:
+                self._ready.notify(len(records))
         return ids
+
+    def schedules(self) -> list[ScheduleState]:
+        db = self._db()
+        rows = self._retrying(lambda: db.execute(_sql.SCHEDULES).fetchall(), write=False)
+        return [ScheduleState(name, last_tick, bool(paused)) for name, last_tick, paused in rows]
+
+    def pause_schedule(self, schedule: str, paused: bool) -> None:
+        self._changed(_sql.PAUSE, {"name": schedule, "paused": int(paused)})
 
     def dequeue(
         self, queues: Collection[str] | None, worker: str, lease: float, timeout: float
@@ -322,7 +403,7 @@ class SQLiteBackend(Backend):
             # A lapsed lease at MAX_LOST is not handed out again (``_recover`` fails it): no wake-up for it.
             f"SELECT min(CASE WHEN lease_until IS NULL THEN eta WHEN lost + 1 >= {MAX_LOST} THEN NULL"
             " ELSE max(eta, lease_until) END)"
-            f" FROM flask_queue_jobs WHERE status = 'queued'{where}"
+            f" FROM flask_queue_jobs WHERE status = 'queued' AND {_sql.LIVE}{where}"
         )
         while True:
             now = time.time()
@@ -336,7 +417,7 @@ class SQLiteBackend(Backend):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._interrupts != interrupts:
                 return None
-            next_eta = db.execute(wake_at, params).fetchone()[0]
+            next_eta = db.execute(wake_at, {"now": now, **params}).fetchone()[0]
             pause = min(remaining, self.poll_interval)
             if next_eta is not None:
                 pause = min(pause, max(next_eta - time.time(), 0.0))
@@ -393,8 +474,11 @@ class SQLiteBackend(Backend):
         return records
 
     def _recover(self, now: float) -> None:
-        """Fail the jobs that lost their lease once too often (the others are handed out again by ``dequeue``)."""
+        """Fail the jobs that lost their lease once too often (the others are handed out again by ``dequeue``),
+        and store as expired those that expired by the clock (no dequeue hands them out meanwhile)."""
         self._next_recover = now + RECOVER_INTERVAL
+        if self._read(_EXPIRING, {"now": now}) is not None:
+            self._changed(_sql.EXPIRE, {"now": now})
         self._changed(
             "UPDATE flask_queue_jobs SET status = 'failed', error = :error, traceback = '', finished_at = :now,"
             " lost = lost + 1, lease_until = NULL WHERE status = 'queued' AND lease_until < :now"
@@ -484,7 +568,8 @@ class SQLiteBackend(Backend):
         now = time.time()
         row = self._write_one(
             "UPDATE flask_queue_jobs SET status = 'cancelled', finished_at = :now"
-            f" WHERE seq = :seq AND token = :token AND status = 'queued' AND {_sql.UNLEASED} RETURNING {_sql.COLUMNS}",
+            f" WHERE seq = :seq AND token = :token AND status IN ('queued', 'deferred') AND {_sql.UNLEASED}"
+            f" AND {_sql.LIVE} RETURNING {_sql.COLUMNS}",
             {"now": now, **_sql.key(job_id)},
         )
         if row is None:
@@ -493,11 +578,7 @@ class SQLiteBackend(Backend):
         return True
 
     def requeue(self, job_id: str) -> bool:
-        changed = self._changed(
-            "UPDATE flask_queue_jobs SET status = 'queued', attempts = 0, lost = 0, eta = :now, finished_at = NULL,"
-            " expires_at = NULL, lease_until = NULL, worker = NULL WHERE seq = :seq AND token = :token AND status IN ('failed', 'cancelled')",
-            {"now": time.time(), **_sql.key(job_id)},
-        )
+        changed = self._changed(_sql.REQUEUE, {"now": time.time(), **_sql.key(job_id)})
         self._wake()
         return bool(changed)
 
@@ -566,7 +647,7 @@ class SQLiteBackend(Backend):
     def expire(self) -> int:
         return self._changed(
             "DELETE FROM flask_queue_jobs WHERE expires_at IS NOT NULL AND expires_at <= :now"
-            " AND status IN ('succeeded', 'failed', 'cancelled')",
+            " AND status IN ('succeeded', 'failed', 'cancelled', 'expired')",
             {"now": time.time()},
         )
 
@@ -594,8 +675,25 @@ class SQLiteBackend(Backend):
 
 _INSERT = (
     "INSERT INTO flask_queue_jobs (token, task, queue, payload, priority, status, attempts, retries, timeout, eta,"
-    " enqueued_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?)"
+    " enqueued_at, start_by) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?)"
 )
+
+
+def _row(r: JobRecord, token: int) -> tuple[Any, ...]:
+    """The parameters of ``_INSERT`` for a record without a key."""
+    return (
+        token,
+        r.task,
+        r.queue,
+        r.payload,
+        r.priority,
+        r.retries,
+        r.timeout,
+        r.eta,
+        r.enqueued_at,
+        r.start_by,
+    )
+
 
 # Finished jobs are counted on the flask_queue_finished index without reading a row; only the 'queued' rows,
 # whose effective status depends on their eta and lease, are read.
@@ -606,13 +704,32 @@ _COUNTS = (
 )
 
 
+def _split(script: str) -> list[str]:
+    """The statements of ``script`` (a trigger's body holds semicolons of its own); ``--`` comments dropped."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines():
+        if line.lstrip().startswith("--"):
+            continue
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+#: Whether any job expired by the clock waits to be stored so (a read, on the start_by index: no write lock).
+_EXPIRING = f"SELECT 1 FROM flask_queue_jobs WHERE {_sql.EXPIRING} LIMIT 1"
+
+
 def _take_sql(where: str) -> str:
     """The statement that leases the ``:limit`` most urgent ready jobs (of the queues in ``where``)."""
     return (
         f"UPDATE flask_queue_jobs SET attempts = attempts + 1, started_at = :now, lease_until = :until,"
         f" worker = :worker, lost = lost + (lease_until IS NOT NULL) WHERE seq IN (SELECT seq FROM"
         f" flask_queue_jobs WHERE status = 'queued' AND eta <= :now AND (lease_until IS NULL OR"
-        f" (lease_until < :now AND lost + 1 < {MAX_LOST})){where} ORDER BY priority, seq LIMIT :limit)"
+        f" (lease_until < :now AND lost + 1 < {MAX_LOST})) AND {_sql.LIVE}{where} ORDER BY priority, seq"
+        " LIMIT :limit)"
         f" RETURNING {_sql.COLUMNS}"
     )
 
