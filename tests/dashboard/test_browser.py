@@ -381,3 +381,26 @@ def test_the_page_says_when_the_backend_stops_answering(
         assert browser.find_elements(By.CSS_SELECTOR, "#lanes tbody th")
         assert text_of(browser, "live") == "live"
         screenshot(browser, "dashboard-backend-down.png")
+
+
+def test_pause_and_run_a_schedule_from_the_browser(browser: Any, make_site: MakeSite) -> None:
+    from selenium.webdriver.common.by import By
+
+    site = make_site()
+    site.tasks.periodic(every=3600, name="hourly")(site.ok)
+    with waitress_in_thread(site.app, wait=WAIT) as url:
+        browser.get(url + "/queue/")
+        browser.find_element(By.LINK_TEXT, "Schedules").click()
+        wait_until(browser, "the schedules page", lambda b: b.current_url.endswith("/queue/schedules"))
+        assert "every 3600 s" in text_of(browser, "schedules")
+        browser.find_element(By.XPATH, "//button[text()='Pause']").click()
+        wait_until(
+            browser, "the notice", lambda b: "is paused" in b.find_element(By.CSS_SELECTOR, ".notice").text
+        )
+        assert browser.find_elements(By.XPATH, "//button[text()='Resume']")
+        assert site.tasks.schedule_states()[0]["paused"]
+        browser.find_element(By.XPATH, "//button[text()='Run now']").click()
+        wait_until(
+            browser, "the notice", lambda b: "enqueued now" in b.find_element(By.CSS_SELECTOR, ".notice").text
+        )
+    assert site.tasks.drain() == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from typing import Any
@@ -75,6 +76,8 @@ def test_the_json_has_the_same_numbers(site: Site) -> None:
         "succeeded": 3,
         "failed": 1,
         "cancelled": 0,
+        "expired": 0,
+        "deferred": 0,
     }
     assert tasks["totals"]["succeeded"] == 3
     assert [job["call"] for job in tasks["recent"]][:2] == ["site.ok(9)", 'site.boom("no")']
@@ -737,3 +740,64 @@ def test_a_misspelt_setting_is_warned_about_naming_the_real_one() -> None:
         ConfigurationWarning, match="QUEUE_DASHBOARD_URL_PREFX .* did you mean QUEUE_DASHBOARD_URL_PREFIX"
     ):
         Dashboard(app)
+
+
+# -- schedules --------------------------------------------------------------------------------------------------
+
+
+def test_the_schedules_page_lists_runs_pauses_and_resumes(site: Site) -> None:
+    site.tasks.periodic(cron="0 3 * * *", tz="Europe/Paris", name="nightly")(site.ok)
+    client = site.client()
+    with client.get("/queue/schedules") as response:
+        page = html.unescape(response.get_data(as_text=True))
+    assert response.status_code == 200
+    assert "nightly" in page
+    assert 'cron "0 3 * * *" Europe/Paris' in page
+    assert "Run now" in page
+    assert ">Pause<" in page
+    token = csrf_token(client)
+    with client.post("/queue/schedules/nightly/run", data={"csrf_token": token}) as response:
+        assert response.status_code == 303
+        location = response.headers["Location"]
+    with client.get(location) as response:
+        assert "nightly: a job is enqueued now." in response.get_data(as_text=True)
+    assert site.tasks.backend().pending() == 1
+    with client.post("/queue/schedules/nightly/pause", data={"csrf_token": token}) as response:
+        assert response.status_code == 303
+    assert site.tasks.schedule_states()[0]["paused"]
+    with client.get("/queue/schedules") as response:
+        assert ">Resume<" in response.get_data(as_text=True)
+    with client.get("/queue/api/schedules") as response:
+        [listed] = response.get_json()["schedules"]
+    assert (listed["name"], listed["paused"], listed["last_tick"]) == ("nightly", True, None)
+    with client.post("/queue/schedules/nightly/resume", data={"csrf_token": token}) as response:
+        assert response.status_code == 303
+    assert not site.tasks.schedule_states()[0]["paused"]
+
+
+def test_schedule_actions_need_the_csrf_token_and_a_real_schedule(site: Site) -> None:
+    site.tasks.periodic(every=60, name="often")(site.ok)
+    client = site.client()
+    with client.post("/queue/schedules/often/pause") as response:
+        assert response.status_code == 400  # as for the job actions: no token, no action
+    assert not site.tasks.schedule_states()[0]["paused"]
+    token = csrf_token(client)
+    for path in ("/queue/schedules/nope/run", "/queue/schedules/often/explode"):
+        with client.post(path, data={"csrf_token": token}) as response:
+            assert response.status_code == 404
+    with client.get("/queue/schedules?done=run&name=%3Cscript%3E") as response:
+        assert "<script>" not in response.get_data(as_text=True)  # no notice for a name the code lacks
+
+
+def test_an_expired_job_shows_its_status_and_can_be_retried(site: Site) -> None:
+    job = site.ok.options(expires_in=0.01, key="k").enqueue(1)
+    time.sleep(0.05)
+    site.tasks.drain()
+    client = site.client()
+    with client.get(f"/queue/jobs/{job.id}") as response:
+        page = response.get_data(as_text=True)
+    assert "s-expired" in page
+    assert "Expired at" in page
+    assert "<code>k</code>" in page
+    assert ">Retry<" in page
+    assert stats(site)["tasks"]["queues"]["default"]["expired"] == 1

@@ -286,3 +286,42 @@ def test_flask_queue_without_an_app_or_a_task_queue_says_what_is_missing(tmp_pat
     no_tasks = flask("--app", "plain", "queue", "status")
     assert no_tasks.returncode != 0
     assert "this app has no TaskQueue: set one up with TaskQueue(app)" in no_tasks.stderr
+
+
+def test_schedules_lists_pauses_resumes_and_runs(make_queue: MakeQueue) -> None:
+    app, tasks = make_queue(workers=0)
+
+    @tasks.periodic(cron="*/5 * * * *", tz="Europe/Paris", name="purge")
+    def purge_sessions() -> None: ...
+
+    @tasks.periodic(every=30, name="beat")
+    def beat() -> None: ...
+
+    runner = app.test_cli_runner()
+    lines = runner.invoke(args=["queue", "schedules"]).output.splitlines()
+    assert lines[0].split() == ["schedule", "when", "last", "tick", "next", "tick"]
+    assert lines[1].startswith("beat ")
+    assert "every 30 s" in lines[1]
+    assert lines[2].startswith("purge ")
+    assert 'cron "*/5 * * * *" Europe/Paris' in lines[2]
+    assert runner.invoke(args=["queue", "schedules", "pause", "purge"]).output == "schedule 'purge' paused\n"
+    listed = json.loads(runner.invoke(args=["queue", "schedules", "--json"]).output)
+    assert [(item["name"], item["paused"]) for item in listed] == [("beat", False), ("purge", True)]
+    assert listed[1]["next_tick"].endswith(("+01:00", "+02:00"))
+    assert "paused" in runner.invoke(args=["queue", "schedules"]).output.splitlines()[2]
+    runner.invoke(args=["queue", "schedules", "resume", "purge"])
+    assert not tasks.schedule_states(app)[1]["paused"]
+    result = runner.invoke(args=["queue", "schedules", "run", "beat"])
+    assert result.exit_code == 0
+    assert "enqueued for schedule 'beat'" in result.output
+    assert tasks.drain(app) == 1
+    wrong = runner.invoke(args=["queue", "schedules", "pause", "nope"])
+    assert wrong.exit_code == 2
+    assert "no schedule is named 'nope' (schedules: beat, purge)" in wrong.output
+
+
+def test_schedules_of_an_app_without_any(make_queue: MakeQueue) -> None:
+    app, _ = make_queue(workers=0)
+    assert app.test_cli_runner().invoke(args=["queue", "schedules"]).output == (
+        "no schedules (@tasks.periodic) in this app\n"
+    )

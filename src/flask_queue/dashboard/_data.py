@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from ..request_queue import RequestQueueMiddleware
-    from ..tasks import Serializer, WorkerInfo
+    from ..tasks import Serializer, TaskQueue, WorkerInfo
     from ..tasks.backends import Backend
 
 __all__ = [
@@ -74,6 +74,8 @@ class Queues:
     requests: RequestQueueMiddleware | None
     backend: Backend | None
     serializer: Serializer | None
+    #: The ``TaskQueue`` (its schedules); ``None`` without one.
+    tasks: TaskQueue | None = None
 
     @classmethod
     def of(cls, app: Flask) -> Queues:
@@ -82,7 +84,7 @@ class Queues:
         if state is None:
             return cls(middleware, None, None)
         # Through the extension, not ``state.backend``: it reopens the backend in a child after a fork.
-        return cls(middleware, state.extension.backend(app), state.extension.serializer)
+        return cls(middleware, state.extension.backend(app), state.extension.serializer, state.extension)
 
 
 def snapshot(queues: Queues) -> dict[str, Any]:
@@ -159,6 +161,23 @@ def _worker(info: WorkerInfo, now: float) -> dict[str, Any]:
     return data
 
 
+def schedules_data(queues: Queues) -> list[dict[str, Any]]:
+    """The schedules of the code with their state, as the schedules page and ``/api/schedules`` show them."""
+    if queues.tasks is None:
+        return []
+    listed = queues.tasks.schedule_states()
+    return displayable(
+        [
+            {
+                **item,
+                "last_tick": None if item["last_tick"] is None else item["last_tick"].isoformat(),
+                "next_tick": item["next_tick"].isoformat(),
+            }
+            for item in listed
+        ]
+    )
+
+
 def job_data(record: JobRecord, serializer: Serializer | None, *, full: bool = False) -> dict[str, Any]:
     """A job as the dashboard shows it; ``full`` adds the whole call, the traceback and the result.
 
@@ -181,6 +200,8 @@ def job_data(record: JobRecord, serializer: Serializer | None, *, full: bool = F
         "started_at": record.started_at,
         "finished_at": record.finished_at,
         "worker": record.worker,
+        "key": record.key,
+        "start_by": record.start_by,
         "error": error,
         "call": describe_call(record, serializer) if full else _preview(record, serializer),
     }

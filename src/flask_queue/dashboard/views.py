@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 from .. import _checks, _keys
 from ..exceptions import BackendError
 from ..tasks import JobStatus
-from ._data import PER_PAGE, PREVIEW_DECODE_LIMIT, Queues, displayable, job_data, snapshot
+from ._data import PER_PAGE, PREVIEW_DECODE_LIMIT, Queues, displayable, job_data, schedules_data, snapshot
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -396,6 +396,41 @@ def _act(job_id: str, done: str, refused: str) -> ResponseReturnValue:
     return redirect(url_for(".job", job_id=job_id, done=done), 303)
 
 
+@blueprint.get("/schedules")
+def schedules() -> str:
+    _backend()
+    listed = schedules_data(_queues())
+    # The notice after an action names a schedule of the code only: nothing else from the URL is shown.
+    name, done = request.args.get("name"), request.args.get("done", "")
+    known = {item["name"] for item in listed}
+    notice = _SCHEDULE_DONE[done].format(name=name) if done in _SCHEDULE_DONE and name in known else None
+    return render_template("flask_queue_dashboard/schedules.html", schedules=listed, notice=notice)
+
+
+_SCHEDULE_DONE: Final = {
+    "run": "{name}: a job is enqueued now.",
+    "pause": "{name} is paused: its ticks pass without jobs, in every process.",
+    "resume": "{name} is resumed from its next tick.",
+}
+
+
+@blueprint.post("/schedules/<name>/<action>")
+def schedule_action(name: str, action: str) -> ResponseReturnValue:
+    queues = _queues()
+    _backend()
+    if action not in _SCHEDULE_DONE:
+        abort(404, "There is no such action.")
+    if queues.tasks is None or name not in queues.tasks.schedules:
+        abort(404, "There is no such schedule (in this app's code).")
+    if action == "run":
+        queues.tasks.run_now(name)
+    elif action == "pause":
+        queues.tasks.pause(name)
+    else:
+        queues.tasks.resume(name)
+    return redirect(url_for(".schedules", done=action, name=name), 303)
+
+
 # -- JSON ----------------------------------------------------------------------------------------------------
 
 
@@ -408,6 +443,12 @@ def api_stats() -> Response:
 def api_jobs() -> Response:
     listed = _list_page()
     return jsonify(jobs=listed.jobs, page=listed.page, per_page=PER_PAGE, has_next=listed.has_next)
+
+
+@blueprint.get("/api/schedules")
+def api_schedules() -> Response:
+    _backend()
+    return jsonify(schedules=schedules_data(_queues()))
 
 
 @blueprint.get("/api/jobs/<job_id>")

@@ -7,6 +7,7 @@ Registered on every app a ``TaskQueue`` is set up on::
     flask queue status
     flask queue retry 3f2a... | flask queue retry --failed
     flask queue purge default --status failed
+    flask queue schedules | flask queue schedules pause|resume|run NAME
 
 ``flask queue worker --processes M`` runs a small supervisor: the app is loaded once, then M worker processes
 are forked from it (so nothing of theirs, no thread, no connection, exists in the parent at the fork). The
@@ -451,7 +452,7 @@ def status_command(as_json: bool) -> None:
 @click.option("--queue", default=None, help="With --failed: only this queue's.")
 @with_appcontext
 def retry_command(job_ids: tuple[str, ...], all_failed: bool, queue: str | None) -> None:
-    """Run failed or cancelled jobs again."""
+    """Run failed, cancelled or expired jobs again."""
     state = _state()
     if not job_ids and not all_failed:
         raise click.UsageError("name the jobs to retry, or pass --failed")
@@ -469,11 +470,12 @@ def retry_command(job_ids: tuple[str, ...], all_failed: bool, queue: str | None)
             retried += 1
         elif job_ids and job_id in job_ids:
             record = state.backend.get(job_id)
-            why = (
-                "no such job"
-                if record is None
-                else f"it is {record.effective_status()}, not failed or cancelled"
-            )
+            if record is None:
+                why = "no such job"
+            elif record.effective_status() in (JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED):
+                why = f"another unfinished job of {record.task} holds its key {record.key!r}"
+            else:
+                why = f"it is {record.effective_status()}, not failed, cancelled or expired"
             click.echo(f"{job_id}: not retried: {why}", err=True)
     click.echo(f"{retried} job(s) queued again")
     if job_ids and retried < len(job_ids):
@@ -500,3 +502,79 @@ def purge_command(queue: str, statuses: tuple[str, ...], yes: bool) -> None:
         click.confirm(f"delete the {names} jobs of queue {queue!r}?", abort=True)
     deleted = state.backend.purge(queue, chosen)
     click.echo(f"{deleted} job(s) deleted from {queue!r}")
+
+
+@queue_command.group("schedules", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@with_appcontext
+def schedules_command(ctx: click.Context, as_json: bool) -> None:
+    """The periodic schedules: when each ticks, its last and next tick, whether it is paused."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state = _state()
+    listed = state.extension.schedule_states(state.app)
+    if as_json:
+        shown = [
+            {
+                **item,
+                **{k: None if item[k] is None else item[k].isoformat() for k in ("last_tick", "next_tick")},
+            }
+            for item in listed
+        ]
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    if not listed:
+        click.echo("no schedules (@tasks.periodic) in this app")
+        return
+    rows = [
+        (
+            item["name"],
+            item["when"],
+            "-" if item["last_tick"] is None else item["last_tick"].isoformat(timespec="seconds"),
+            "-" if item["paused"] else item["next_tick"].isoformat(timespec="seconds"),
+            "paused" if item["paused"] else "",
+        )
+        for item in listed
+    ]
+    header = ("schedule", "when", "last tick", "next tick", "")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _schedule_name(state: QueueState, name: str) -> str:
+    if name not in state.extension.schedules:
+        known = ", ".join(sorted(state.extension.schedules)) or "none"
+        raise click.BadParameter(f"no schedule is named {name!r} (schedules: {known})", param_hint="NAME")
+    return name
+
+
+@schedules_command.command("pause")
+@click.argument("name")
+@with_appcontext
+def pause_command(name: str) -> None:
+    """Pause schedule NAME in every process: its ticks pass without jobs."""
+    state = _state()
+    state.extension.pause(_schedule_name(state, name), state.app)
+    click.echo(f"schedule {name!r} paused")
+
+
+@schedules_command.command("resume")
+@click.argument("name")
+@with_appcontext
+def resume_command(name: str) -> None:
+    """Resume schedule NAME from its next tick."""
+    state = _state()
+    state.extension.resume(_schedule_name(state, name), state.app)
+    click.echo(f"schedule {name!r} resumed")
+
+
+@schedules_command.command("run")
+@click.argument("name")
+@with_appcontext
+def run_command(name: str) -> None:
+    """Enqueue schedule NAME's job now, outside its ticks."""
+    state = _state()
+    job = state.extension.run_now(_schedule_name(state, name), state.app)
+    click.echo(f"job {job.id} enqueued for schedule {name!r}")

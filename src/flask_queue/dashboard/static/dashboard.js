@@ -126,8 +126,9 @@
       el("th", { scope: "row" }, el("a", { href: base + "jobs?queue=" + encodeURIComponent(name) }, name)),
       num(c.queued), num(c.scheduled), num(c.running),
       el("td", { class: c.failed ? "num bad" : "num" }, String(c.failed)),
+      el("td", { class: "num wide" }, String(c.expired)),
       el("td", { class: "num wide" }, String(c.succeeded))));
-    replaceRows("task-queues", rows, tasks.up ? "No job yet." : DOWN, 6);
+    replaceRows("task-queues", rows, tasks.up ? "No job yet." : DOWN, 7);
   }
 
   // A worker's busy and done figures are those of its last heartbeat: its age stands beside them.
@@ -143,8 +144,8 @@
 
   function action(base, job, token) {
     let verb = null;
-    if (job.status === "failed" || job.status === "cancelled") verb = "retry";
-    else if (job.status === "queued" || job.status === "scheduled") verb = "cancel";
+    if (["failed", "cancelled", "expired"].includes(job.status)) verb = "retry";
+    else if (["queued", "scheduled", "deferred"].includes(job.status)) verb = "cancel";
     if (!verb) return null;
     return el("form", { method: "post", action: base + "jobs/" + encodeURIComponent(job.id) + "/" + verb },
       el("input", { type: "hidden", name: "csrf_token", value: token }),
