@@ -233,3 +233,15 @@ def test_a_task_of_another_queue_is_refused(tasks: TaskQueue) -> None:
 
     with pytest.raises(ValueError, match="another TaskQueue"):
         tasks.periodic(every=60)(elsewhere)
+
+
+def test_every_ticks_are_bit_identical_however_they_are_reached(tasks: TaskQueue) -> None:
+    """k * 0.3 by multiplication and by walking back from a later tick differ in the last bit: each tick is
+    computed one way only, or the backend's compare-and-set would see two ticks where there is one."""
+    s = schedule(tasks, every=0.3, catch_up="all")
+    now = 1796686541.45
+    walked = s.due(now - 30, now, started=0.0)
+    for tick in walked:
+        assert s.latest(tick) == tick
+        assert s.next_after(s.latest(tick - 0.1) or 0.0) == tick
+    assert len(set(walked)) == len(walked) == 100

@@ -100,10 +100,27 @@ class Schedule:
 
     # -- ticks ---------------------------------------------------------------------------------------------
 
+    def _grid(self, index: int) -> float:
+        """Tick number ``index`` of an ``every`` schedule. Always this one expression, rounded to the
+        microsecond a job's ``tick`` carries: two processes must compute bit-identical ticks, or the backend's
+        compare of the last tick would take ``k * 0.3`` and a float a hair above it for two ticks."""
+        assert self.every is not None
+        return round(index * self.every, 6)
+
+    def _index(self, when: float) -> int:
+        """The number of the last ``every`` tick at or before ``when``."""
+        assert self.every is not None
+        index = math.floor(when / self.every)
+        if self._grid(index + 1) <= when:  # the division rounded down across a tick
+            index += 1
+        elif self._grid(index) > when:
+            index -= 1
+        return index
+
     def next_after(self, when: float) -> float:
         """The first tick strictly after ``when``."""
         if self.every is not None:
-            return (math.floor(when / self.every) + 1) * self.every
+            return self._grid(self._index(when) + 1)
         from cronsim import CronSim
 
         return next(CronSim(self.cron or "", dt.datetime.fromtimestamp(when, self.tz))).timestamp()
@@ -111,7 +128,7 @@ class Schedule:
     def latest(self, until: float) -> float | None:
         """The last tick at or before ``until``."""
         if self.every is not None:
-            return math.floor(until / self.every) * self.every
+            return self._grid(self._index(until))
         from cronsim import CronSim
 
         # cronsim's reverse iteration counts the start itself only when it has microseconds to strip.
@@ -135,9 +152,13 @@ class Schedule:
             return []
         if self.catch_up != "all":
             return [latest]
+        if self.every is not None:
+            last = self._index(latest)
+            first = max(self._index(after) + 1, last - MAX_CATCH_UP + 1)
+            return [self._grid(index) for index in range(first, last + 1)]
         ticks = [latest]
         while len(ticks) < MAX_CATCH_UP:
-            earlier = self.latest(ticks[-1] - 1e-3) if self.every is None else ticks[-1] - self.every
+            earlier = self.latest(ticks[-1] - 1e-3)
             if earlier is None or earlier <= after:
                 break
             ticks.append(earlier)
