@@ -338,3 +338,34 @@ def test_schedules_need_a_worker_and_an_app_under_test_has_none(tmp_path: Any) -
     assert tasks.backend().pending() == 0  # no worker: no tick; tests call tasks.run_now(name)
     tasks.run_now(often.name)
     assert tasks.drain() == 1
+
+
+def test_run_now_of_a_schedule_that_must_not_overlap_returns_the_unfinished_job(
+    make_queue: MakeQueue,
+) -> None:
+    _, tasks = make_queue(workers=0)
+
+    @tasks.periodic(every=3600, overlap=False, name="exclusive")
+    def exclusive() -> None: ...
+
+    first = tasks.run_now("exclusive")
+    assert tasks.run_now("exclusive") == first
+    tasks.drain()
+    assert tasks.run_now("exclusive") != first
+
+
+def test_a_schedule_added_after_the_workers_started_ticks_too(make_queue: MakeQueue) -> None:
+    _, tasks = make_queue(workers=1)
+    ran: list[str] = []
+
+    @tasks.periodic(every=3600, name="slow")
+    def slow() -> None: ...
+
+    tasks.start()
+    time.sleep(0.2)  # the keeper has read the schedules and sleeps until the next hour
+
+    @tasks.periodic(every=0.1, name="late")
+    def late() -> None:
+        ran.append("late")
+
+    wait_for(lambda: len(ran) >= 2, timeout=10)

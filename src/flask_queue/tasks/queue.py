@@ -362,12 +362,14 @@ class TaskQueue:
         self.state(app).backend.pause_schedule(self._schedule(name).name, False)
 
     def run_now(self, name: str, app: Flask | None = None) -> Job:
-        """Enqueue a schedule's job now, outside its ticks (``tick`` is now); its ticks are not changed."""
+        """Enqueue a schedule's job now, outside its ticks (``tick`` is now); its ticks are not changed. With
+        ``overlap=False``, a job of the schedule still unfinished is returned instead."""
         schedule = self._schedule(name)
         state = self.state(app)
-        [job] = self._store(
-            state, schedule.task, schedule.options, [self._tick_payload(schedule, time.time())]
-        )
+        key = schedule.key()
+        # With overlap=False the run takes the schedule's key too: it returns the job still unfinished.
+        options = schedule.options if key is None else replace(schedule.options, key=key, keys=(key,))
+        [job] = self._store(state, schedule.task, options, [self._tick_payload(schedule, time.time())])
         return job
 
     def _schedule(self, name: str) -> Schedule:

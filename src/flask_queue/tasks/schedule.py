@@ -200,8 +200,8 @@ class Scheduler:
         """When ``run`` has something to do (``time.time()`` seconds): the earliest next tick."""
         if not self.schedules:
             return math.inf
-        if time.monotonic() - self._synced_at >= RESYNC_INTERVAL:
-            return time.time()
+        if time.monotonic() - self._synced_at >= RESYNC_INTERVAL or len(self._next) < len(self.schedules):
+            return time.time()  # time to read the backend again, or a schedule was added since the last run
         return min(self._next.values(), default=time.time())
 
     def run(self) -> int:
@@ -210,14 +210,15 @@ class Scheduler:
             return 0
         if time.monotonic() - self._synced_at >= RESYNC_INTERVAL:
             known = {state.name: state.last_tick for state in self.backend.schedules()}
-            for name in self.schedules:
+            for name in list(self.schedules):
                 last = known.get(name)
                 mine = self._last.get(name)
                 self._last[name] = last if mine is None or (last is not None and last > mine) else mine
             self._synced_at = time.monotonic()
         stored = 0
         now = time.time()
-        for name, schedule in self.schedules.items():
+        # A copy: a module imported later may add a schedule while the keeper runs.
+        for name, schedule in list(self.schedules.items()):
             if self._next.get(name, -math.inf) > now:
                 continue
             for tick in schedule.due(self._last.get(name), now, self.started):
