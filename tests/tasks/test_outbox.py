@@ -22,7 +22,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from flask_queue import ConfigurationError, JobStatus, TaskQueue
+from flask_queue import ConfigurationError, DuplicateJob, JobStatus, TaskQueue
 from tests._services import POSTGRES_URL, postgres_namespace
 
 WAIT = 30.0
@@ -362,3 +362,17 @@ def test_a_keyed_job_in_the_outbox_holds_its_key_only_once_committed(setup: Setu
     session.commit()
     assert sync.options(key="invoice:1").enqueue(3) == kept
     assert len(setup.tasks.backend().jobs()) == 1
+
+
+def test_a_duplicate_in_an_outbox_batch_leaves_nothing_of_it_in_the_transaction(setup: Setup) -> None:
+    @setup.tasks.task(queue="held")
+    def sync(invoice: int) -> None: ...
+
+    held = sync.options(key="invoice:2").enqueue(2)
+    session = setup.session()
+    raising = sync.options(session=session, key=lambda invoice: f"invoice:{invoice}", on_conflict="raise")
+    with pytest.raises(DuplicateJob) as caught:
+        raising.enqueue_many([((1,), {}), ((2,), {})])
+    assert caught.value.job == held
+    session.commit()  # the caller caught it and commits: invoice 1's job must not be stored
+    assert [record.id for record in setup.tasks.backend().jobs()] == [held.id]

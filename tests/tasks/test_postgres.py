@@ -1,8 +1,9 @@
-"""What the PostgreSQL backend does beyond the contract: its URL, errors, wake-ups, SKIP LOCKED, and a server
-that restarts or drops its connections under it."""
+"""What the PostgreSQL backend does beyond the contract: its URL, errors, wake-ups, SKIP LOCKED, keys raced by
+processes, tables of an older layout, and a server that restarts or drops its connections under it."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -14,16 +15,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import psycopg
 import pytest
+from flask import Flask
 from psycopg import sql
 from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
-from flask_queue import BackendError, JobStatus
-from flask_queue.tasks.backends import backend_from_url
+from flask_queue import BackendError, DuplicateJob, JobStatus, TaskQueue
+from flask_queue.tasks.backends import _sql, backend_from_url
 from flask_queue.tasks.backends.postgres import PostgresBackend
 from tests._services import POSTGRES_URL, postgres_namespace
 from tests.servers._live import free_port
@@ -178,11 +181,29 @@ def test_a_schema_named_with_any_characters_works(
     try:
         with engine.begin() as conn:
             [third] = backend.enqueue_in_transaction(conn, [record()])
+        with engine.begin() as conn:  # with a key: the shared statements, in this schema
+            [fourth] = backend.enqueue_in_transaction(conn, [record(key="k")])
+            assert backend.enqueue_in_transaction(conn, [record(key="k")]) == [fourth]
     finally:
         engine.dispose()
     third_record = backend.get(third)
     assert third_record is not None
     assert third_record.status is JobStatus.QUEUED
+    assert backend.enqueue([record(key="k")]) == [fourth]
+    assert backend.cancel(fourth)
+    assert backend.requeue(fourth)
+    assert backend.enqueue_tick("nightly", 1000.0, [record()]) is not None
+    assert backend.enqueue_tick("nightly", 1000.0, [record()]) is None
+    backend.pause_schedule("nightly", True)
+    assert [(state.name, state.paused) for state in backend.schedules()] == [("nightly", True)]
+    # The trigger (a function in the schema) hands a finished job's key on.
+    [holder] = backend.enqueue([record(key="d", queue="keyed")])
+    assert backend.dequeue(["keyed"], "w1", LEASE, 0.0) is not None
+    [deferred] = backend.enqueue([record(key="d", queue="keyed")], on_conflict="replace")
+    assert backend.finish(holder, "w1", JobStatus.SUCCEEDED) is not None
+    promoted = backend.get(deferred)
+    assert promoted is not None
+    assert promoted.status is JobStatus.QUEUED
 
 
 def test_a_notify_wakes_a_dequeue_waiting_in_another_backend_at_once(
@@ -302,6 +323,271 @@ def test_a_forked_child_uses_its_own_connections(url: str, backends: Callable[..
     assert os.waitstatus_to_exitcode(status) == 0
     # The child dropped the parent's connection without ending its session: the parent's still works.
     assert backend.size() == 2
+
+
+# -- keys, across connections and processes ----------------------------------------------------------------
+
+
+def _enqueue_one_key(url: str, on_conflict: str, barrier: Any, results: Any) -> None:
+    """One process of the race below: 100 enqueues of one key, from when both processes are ready."""
+    try:
+        backend = backend_from_url(url)
+        try:
+            backend.size()  # connected: the race is of the enqueues
+            barrier.wait(60)
+            ids = {backend.enqueue([record(key="race")], on_conflict=on_conflict)[0] for _ in range(100)}
+        finally:
+            backend.close()
+        results.put(sorted(ids))
+    except BaseException as exc:
+        results.put(repr(exc))
+
+
+def test_two_processes_racing_one_key_leave_one_job(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    backend = backends(url)
+    backend.size()  # the tables exist before the race
+    # Spawned, not forked: this process runs threads (the fork of one warns, and may deadlock the child).
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    results = context.Queue()
+    racers = [
+        context.Process(target=_enqueue_one_key, args=(url, on_conflict, barrier, results))
+        for on_conflict in ("return", "replace")  # a replace updates the holder that a return names
+    ]
+    for racer in racers:
+        racer.start()
+    try:
+        outcomes = [results.get(timeout=90) for _ in racers]
+    finally:
+        for racer in racers:
+            racer.join(30)
+    assert all(isinstance(outcome, list) for outcome in outcomes), outcomes
+    assert len({job_id for outcome in outcomes for job_id in outcome}) == 1
+    assert backend.pending() == 1
+
+
+def test_an_enqueue_whose_holder_ends_before_it_is_read_tries_again(
+    url: str, backends: Callable[..., PostgresBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # READ COMMITTED: the insert met the holder, and the read that follows, a statement later, may find it
+    # finished (by a worker elsewhere) and the key free. The enqueue stores its job then.
+    backend, worker = backends(url), backends(url)
+    [first] = worker.enqueue([record(key="k")])
+    assert worker.dequeue(None, "w1", LEASE, 0.0) is not None
+    translate = backend._translate
+    ended: list[str] = []
+
+    def finish_first_before_the_read(statement: str) -> str:
+        if statement == _sql.HOLDER and not ended:
+            assert worker.finish(first, "w1", JobStatus.SUCCEEDED) is not None
+            ended.append(first)
+        return translate(statement)
+
+    monkeypatch.setattr(backend, "_translate", finish_first_before_the_read)
+    [second] = backend.enqueue([record(key="k")], on_conflict="raise")
+    assert ended == [first]
+    assert second != first
+    stored = backend.get(second)
+    assert stored is not None
+    assert stored.status is JobStatus.QUEUED
+
+
+def test_a_deferred_job_past_its_start_by_can_be_cancelled(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    # Deferred, it is not expired (it expires once queued, if still late): cancel takes it like any deferred.
+    backend = backends(url)
+    backend.enqueue([record(key="k")])
+    assert backend.dequeue(None, "w1", LEASE, 0.0) is not None
+    [deferred] = backend.enqueue([record(key="k", start_by=time.time() + 0.05)], on_conflict="replace")
+    time.sleep(0.1)
+    found = backend.get(deferred)
+    assert found is not None
+    assert found.effective_status() is JobStatus.DEFERRED
+    assert backend.cancel(deferred)
+
+
+@pytest.mark.parametrize("finisher", ["the waiting backend", "another backend"])
+def test_a_deferred_job_queued_by_a_finish_wakes_a_waiting_dequeue(
+    url: str, backends: Callable[..., PostgresBackend], finisher: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Polls an hour apart: only the trigger's notification can wake the waiting dequeue in time. The waiting
+    # backend's own finish too, whose notifications its listener otherwise skips (it announced them itself).
+    waiter = backends(f"{url}&poll_interval=3600")
+    other = waiter if finisher == "the waiting backend" else backends(url)
+    [first] = other.enqueue([record(key="k")])
+    assert other.dequeue(None, "w1", LEASE, 0.0) is not None
+    [deferred] = other.enqueue([record(key="k")], on_conflict="replace")
+    # The finish must come after a look that found nothing while the listener listened: one before could
+    # be seen by that look, and pass without any notification.
+    listening, looked_while_listening = threading.Event(), threading.Event()
+    announce, take = waiter._announce, waiter._take
+
+    def observed_announce(notes: Any, everyone: bool = False) -> None:
+        announce(notes, everyone)
+        if everyone:  # the listener's first announcement, once it listens
+            listening.set()
+
+    def observed_take(*args: Any) -> list[Any]:
+        was_listening = listening.is_set()
+        taken = take(*args)
+        if was_listening and not taken:
+            looked_while_listening.set()
+        return taken
+
+    monkeypatch.setattr(waiter, "_announce", observed_announce)
+    monkeypatch.setattr(waiter, "_take", observed_take)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(waiter.dequeue, None, "w2", LEASE, 60.0)
+        assert looked_while_listening.wait(30)
+        assert other.finish(first, "w1", JobStatus.SUCCEEDED) is not None
+        leased = waiting.result(timeout=30.0)
+    assert leased is not None
+    assert leased.id == deferred
+
+
+def test_a_keyed_job_of_the_outbox_exists_only_if_its_transaction_commits(url: str, tmp_path: Path) -> None:
+    app = Flask(f"outbox_{uuid.uuid4().hex}", instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend=url, workers=0)
+
+    @tasks.task(queue="held")
+    def note(n: int) -> None: ...
+
+    engine = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with app.app_context():
+            backend = tasks.backend()
+            with Session(engine) as session:
+                dropped = note.options(session=session, key="k").enqueue(1)
+                session.rollback()
+            assert tasks.get_job(dropped.id) is None
+            with Session(engine) as session:
+                keyed = note.options(session=session, key="k")
+                kept = keyed.enqueue(2)
+                assert tasks.get_job(kept.id) is None  # not committed: no other connection sees it
+                assert keyed.enqueue(3).id == kept.id  # the transaction's own job holds the key already
+                with pytest.raises(DuplicateJob) as raised:
+                    note.options(
+                        session=session, key=lambda n: "fresh" if n == 4 else "k", on_conflict="raise"
+                    ).enqueue_many([((4,), {}), ((5,), {})])
+                assert raised.value.job_id == kept.id
+                session.commit()  # the transaction stayed usable, without the batch that raised
+            stored = backend.get(kept.id)
+            assert stored is not None
+            assert (stored.status, stored.payload) == (JobStatus.QUEUED, '{"args":[2],"kwargs":{}}')
+            assert backend.pending() == 1
+            # Committed, it holds the key for every connection; the outbox honours keys held outside it.
+            assert note.options(key="k").enqueue(6).id == kept.id
+            assert backend.dequeue(["held"], "w1", LEASE, 0.0) is not None
+            with Session(engine) as session:
+                keyed = note.options(session=session, key="k")
+                assert keyed.enqueue(7).id == kept.id
+                with pytest.raises(DuplicateJob):
+                    note.options(session=session, key="k", on_conflict="raise").enqueue(8)
+                deferred = note.options(session=session, key="k", on_conflict="replace").enqueue(9)
+                session.commit()
+            assert deferred.id != kept.id
+            assert deferred.status is JobStatus.DEFERRED
+            assert backend.finish(kept.id, "w1", JobStatus.SUCCEEDED) is not None
+            assert tasks.status(deferred.id) is JobStatus.QUEUED
+    finally:
+        engine.dispose()
+        tasks.shutdown(timeout=10, app=app)
+        tasks.backend(app).close()
+
+
+#: The tables as the first layout made them (``SCHEMA_VERSION`` 1): no key or start_by, no schedules.
+TABLES_V1 = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_jobs (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    token bigint NOT NULL,
+    task text NOT NULL,
+    queue text NOT NULL,
+    payload text NOT NULL,
+    priority bigint NOT NULL,
+    status text NOT NULL,
+    attempts integer NOT NULL,
+    retries bigint NOT NULL,
+    timeout double precision,
+    eta double precision NOT NULL,
+    enqueued_at double precision NOT NULL,
+    started_at double precision,
+    finished_at double precision,
+    lease_until double precision,
+    worker text,
+    result text,
+    error text,
+    traceback text,
+    expires_at double precision,
+    lost integer NOT NULL DEFAULT 0
+) WITH (fillfactor = 80);
+CREATE INDEX IF NOT EXISTS flask_queue_ready ON {s}.flask_queue_jobs (priority, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS flask_queue_expiry ON {s}.flask_queue_jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_workers (
+    name text PRIMARY KEY,
+    info text NOT NULL,
+    alive_until double precision NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.flask_queue_meta (
+    instance text NOT NULL,
+    version integer NOT NULL
+)
+"""
+
+
+def test_tables_of_the_first_layout_are_migrated_and_keep_their_jobs(
+    url: str, backends: Callable[..., PostgresBackend]
+) -> None:
+    schema = sql.Identifier(url.rsplit("schema=", 1)[1])
+    now = time.time()
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL(TABLES_V1).format(s=schema))
+        conn.execute(sql.SQL("INSERT INTO {}.flask_queue_meta VALUES ('00c0ffee00c0ffee', 1)").format(schema))
+        # What the first layout's enqueue stored: a ready job, and one that ran.
+        rows = conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.flask_queue_jobs (token, task, queue, payload, priority, status, attempts, retries,"
+                " eta, enqueued_at, finished_at, result) VALUES"
+                " (1, 'tests.noop', 'default', %(payload)s, 0, 'queued', 0, 0, %(now)s, %(now)s, NULL, NULL),"
+                " (2, 'tests.noop', 'default', %(payload)s, 0, 'succeeded', 1, 0, %(now)s, %(now)s, %(now)s, '7')"
+                " RETURNING seq, token"
+            ).format(schema),
+            {"now": now, "payload": '{"args":[],"kwargs":{}}'},
+        ).fetchall()
+    [ready, done] = [f"{seq}-{token:08x}" for seq, token in rows]
+    backend = backends(url)
+    old = backend.get(ready)
+    assert old is not None
+    assert (old.status, old.key, old.start_by) == (JobStatus.QUEUED, None, None)
+    finished = backend.get(done)
+    assert finished is not None
+    assert (finished.status, finished.result) == (JobStatus.SUCCEEDED, "7")
+    # The new layout works in full: keys and their trigger, expiry, schedules.
+    [holder] = backend.enqueue([record(key="k")])
+    assert backend.enqueue([record(key="k")]) == [holder]
+    [late] = backend.enqueue([record(start_by=now - 1)])
+    leased = backend.dequeue(None, "w1", LEASE, 0.0)
+    assert leased is not None
+    assert leased.id == ready  # the oldest first, as before
+    assert backend.dequeue(None, "w1", LEASE, 0.0) is not None  # the holder; never the expired job
+    assert backend.dequeue(None, "w1", LEASE, 0.0) is None
+    [deferred] = backend.enqueue([record(key="k")], on_conflict="replace")
+    assert backend.finish(holder, "w1", JobStatus.SUCCEEDED) is not None
+    promoted = backend.get(deferred)
+    assert promoted is not None
+    assert promoted.status is JobStatus.QUEUED
+    expired = backend.get(late)
+    assert expired is not None
+    assert expired.effective_status() is JobStatus.EXPIRED
+    assert backend.enqueue_tick("nightly", now, [record()]) is not None
+    with psycopg.connect(POSTGRES_URL) as conn:
+        meta = conn.execute(
+            sql.SQL("SELECT instance, version FROM {}.flask_queue_meta").format(schema)
+        ).fetchall()
+    assert meta == [("00c0ffee00c0ffee", 2)]  # the outbox still finds the database it knew
 
 
 # -- a private server, restarted under the backend ---------------------------------------------------------

@@ -329,3 +329,12 @@ def test_concurrent_ticks_store_one_job_each(backend: Backend) -> None:
     with ThreadPoolExecutor(4) as pool:
         assert sum(pool.map(race, range(4))) == 30
     assert backend.pending() == 30
+
+
+def test_a_deferred_job_past_its_start_by_can_still_be_cancelled(backend: Backend) -> None:
+    put(backend, key="k")
+    take(backend)
+    deferred = put(backend, "replace", key="k", start_by=time.time() + 0.05)
+    time.sleep(0.1)
+    assert status(backend, deferred) is JobStatus.DEFERRED
+    assert backend.cancel(deferred)

@@ -50,8 +50,9 @@ REQUEUE = (
     " expires_at = NULL, lease_until = NULL, worker = NULL, start_by = NULL WHERE seq = :seq AND token = :token"
     " AND status IN ('failed', 'cancelled', 'expired') AND (key IS NULL OR NOT EXISTS (SELECT 1 FROM"
     " flask_queue_jobs AS other WHERE other.task = flask_queue_jobs.task AND other.key = flask_queue_jobs.key"
-    " AND other.status IN ('queued', 'deferred')))"
-)
+    " AND other.status = 'queued') AND NOT EXISTS (SELECT 1 FROM flask_queue_jobs AS other WHERE other.task ="
+    " flask_queue_jobs.task AND other.key = flask_queue_jobs.key AND other.status = 'deferred'))"
+)  # two tests of one status each, so that each is answered by its partial unique index
 #: Stores as expired the jobs that are so only by the clock (see ``EXPIRING``); a dequeue runs it.
 EXPIRE = f"UPDATE flask_queue_jobs SET status = 'expired', finished_at = :now WHERE {EXPIRING}"
 ID = re.compile(r"([1-9][0-9]{0,17})-([0-9a-f]{8})")
@@ -175,6 +176,19 @@ def store_keyed(run: Run, row: dict[str, Any], on_conflict: str, now: float) -> 
     raise BackendError(
         f"could not store a job of {row['task']!r} with key {row['key']!r}: its holder kept changing"
     )
+
+
+def refuse_held(run: Run, records: Sequence[JobRecord], now: float) -> None:
+    """``on_conflict="raise"``: raise ``DuplicateJob`` before anything of the batch is written if a record's
+    key is held. (The expiry of a holder by the clock, written first, is a fact worth keeping either way.)"""
+    for record in records:
+        if record.key is None:
+            continue
+        params = {"task": record.task, "key": record.key, "now": now, "status": "queued"}
+        run(EXPIRE_HOLDER, params)
+        holders = run(HOLDER, params)
+        if holders:
+            raise duplicate(record, f"{holders[0][0]}-{holders[0][1]:08x}")
 
 
 def keyed_row(record: JobRecord, token: int) -> dict[str, Any]:

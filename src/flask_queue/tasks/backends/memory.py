@@ -398,7 +398,7 @@ class MemoryBackend(Backend):
             if (
                 record is None
                 or record.status not in (JobStatus.QUEUED, JobStatus.DEFERRED)
-                or record.expired(now)
+                or (record.status is JobStatus.QUEUED and record.expired(now))
             ):
                 return False
             record.status = JobStatus.CANCELLED

@@ -331,6 +331,10 @@ class SQLiteBackend(Backend):
     def _store(run: _sql.Run, records: Sequence[JobRecord], on_conflict: str) -> list[str]:
         """Insert ``records`` through ``run`` (inside the caller's transaction), keys as the contract says."""
         now = time.time()
+        if on_conflict == "raise":
+            # Before any insert: in the outbox a DuplicateJob the caller catches must leave no part of the
+            # batch in its transaction (the caller may commit it).
+            _sql.refuse_held(run, records, now)
         ids = []
         for record in records:
             token = random.getrandbits(32)
@@ -568,8 +572,8 @@ class SQLiteBackend(Backend):
         now = time.time()
         row = self._write_one(
             "UPDATE flask_queue_jobs SET status = 'cancelled', finished_at = :now"
-            f" WHERE seq = :seq AND token = :token AND status IN ('queued', 'deferred') AND {_sql.UNLEASED}"
-            f" AND {_sql.LIVE} RETURNING {_sql.COLUMNS}",
+            f" WHERE seq = :seq AND token = :token AND (status = 'deferred' OR (status = 'queued' AND"
+            f" {_sql.UNLEASED} AND {_sql.LIVE})) RETURNING {_sql.COLUMNS}",
             {"now": now, **_sql.key(job_id)},
         )
         if row is None:

@@ -19,8 +19,15 @@ dequeues; the ``eta`` of scheduled jobs tells them when to look again. A notific
 listening connection dropped, the listener started after a job was scheduled): a waiting dequeue therefore
 also looks every ``poll_interval`` seconds, which bounds the delay of a missed job and of a lapsed lease.
 
-The outbox (``enqueue_in_transaction``) runs the same ``INSERT`` through a SQLAlchemy connection of the app,
-inside its transaction; the ``NOTIFY`` in it is delivered at that transaction's commit, or never. That the
+Keys are the SQLite backend's (``_sql.store_keyed``), in one transaction per enqueue: two partial unique
+indexes decide, one over the ``(task, key)`` of ``'queued'`` rows and one over those of ``'deferred'`` rows. An
+insert that meets another transaction's uncommitted row of its key waits for that transaction and then does
+nothing (or goes ahead, if it rolled back), so that enqueues racing one key from any number of machines
+leave one job. A trigger queues the deferred job of a key whose holder leaves ``'queued'`` or is deleted, in
+the same statement, and notifies it. An enqueue without a key keeps its single statement.
+
+The outbox (``enqueue_in_transaction``) runs the same statements through a SQLAlchemy connection of the app,
+inside its transaction; the ``NOTIFY`` in them is delivered at that transaction's commit, or never. That the
 connection's database is this backend's is checked once per engine, against the random id the backend
 wrote in ``flask_queue_meta``.
 
@@ -40,14 +47,14 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
 from ....exceptions import BackendError, ConfigurationError
-from ...records import JobRecord, JobStatus, WorkerInfo
+from ...records import JobRecord, JobStatus, ScheduleState, WorkerInfo
 from .. import _sql
 from ..base import LOST_ERROR, Backend, hide_secrets, scrub
 from . import _statements
@@ -57,9 +64,11 @@ from . import _statements
 __all__ = ["PostgresBackend"]
 
 log = logging.getLogger("flask_queue.tasks")
+T = TypeVar("T")
 
 #: The layout of the tables this module creates; a later version that changes it migrates from this number.
-SCHEMA_VERSION = 1
+#: 2: keys (``key``, their indexes and trigger), ``start_by``, and the schedules' table.
+SCHEMA_VERSION = 2
 #: Seconds to wait for a connection when the URL does not say (``connect_timeout=...``).
 CONNECT_TIMEOUT = 5
 #: Default seconds between a waiting dequeue's looks when no notification came.
@@ -70,6 +79,8 @@ RECOVER_INTERVAL = 1.0
 LISTEN_RETRY_MAX = 5.0
 #: Scheduled times remembered from notifications; beyond, the farthest are left to the poll.
 MAX_DUE = 1024
+#: Times a transaction of several statements (an enqueue with keys, a tick) is tried when it deadlocks.
+DEADLOCK_ATTEMPTS = 5
 
 
 class PostgresBackend(Backend):
@@ -99,15 +110,9 @@ class PostgresBackend(Backend):
         self._schema_sql = schema
         self._schema_in_params = schema.replace("%", "%%")
         self._sql = _statements.statements(self._schema_in_params)
-        # The outbox's inserts for SQLAlchemy's ``text()``: named binds, and the schema's colons escaped (``text``
-        # would read one as a bind) while its ``%`` stay single (``text`` doubles them for the driver).
-        self._outbox_sql = {
-            name: _statements.PARAM.sub(r":\1", sql).replace(
-                _statements.SCHEMA_MARK, schema.replace(":", "\\:")
-            )
-            for name, sql in _statements.statements(_statements.SCHEMA_MARK).items()
-            if name.startswith("insert")
-        }
+        #: The shared statements (``_sql``'s, for keys and schedules) in this schema and psycopg's style, by
+        #: their SQLite text; filled as they are first used.
+        self._translated: dict[str, str] = {}
         # A channel name is at most 63 bytes; two long schema names that share a prefix only share wake-ups.
         self._channel = f"flask_queue.{self.schema}"[:63]
         self._instance: str | None = None
@@ -209,7 +214,7 @@ class PostgresBackend(Backend):
                         conn.execute(
                             "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"flask_queue:{self.schema}"]
                         )
-                        conn.execute(_statements.TABLES.format(s=self._schema_sql))
+                        conn.execute(_statements.tables(self._schema_sql, self._channel))
                         conn.execute(
                             f"INSERT INTO {meta_in_params} (instance, version) SELECT %s, %s"
                             f" WHERE NOT EXISTS (SELECT FROM {meta_in_params})",
@@ -232,12 +237,50 @@ class PostgresBackend(Backend):
         try:
             return conn.execute(sql, params, prepare=True)
         except psycopg.Error as exc:
-            if conn.broken or conn.closed or isinstance(exc, psycopg.OperationalError):
-                self._local.conn = None
-                with self._connections_lock:
-                    self._connections.pop(threading.current_thread(), None)
-                    self._discard(conn)
-            raise self._error(exc) from exc
+            raise self._failed(conn, exc) from exc
+
+    def _failed(self, conn: psycopg.Connection[Any], exc: psycopg.Error) -> BackendError:
+        """The error to raise for ``exc``; a connection it broke is dropped, so that the next call connects
+        again."""
+        if conn.broken or conn.closed or isinstance(exc, psycopg.OperationalError):
+            self._local.conn = None
+            with self._connections_lock:
+                self._connections.pop(threading.current_thread(), None)
+                self._discard(conn)
+        return self._error(exc)
+
+    def _transaction(self, work: Callable[[_sql.Run], T]) -> T:
+        """``work(run)`` in one transaction of this thread's connection, ``run(sql, params)`` executing a
+        statement of ``_sql`` (SQLite's style) inside it; ``work``'s exceptions roll it back and pass through.
+
+        A deadlock is tried again: enqueues that store the same keys in opposite orders wait for each other
+        (each for the other's insert to commit), and the server aborts one of them.
+        """
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            conn = self._conn()
+            try:
+                with conn.transaction():
+                    return work(self._runner(conn))
+            except psycopg.errors.DeadlockDetected as exc:
+                if attempt == DEADLOCK_ATTEMPTS - 1:
+                    raise self._error(exc) from exc
+            except psycopg.Error as exc:
+                raise self._failed(conn, exc) from exc
+        raise AssertionError("unreachable")
+
+    def _runner(self, conn: psycopg.Connection[Any]) -> _sql.Run:
+        def run(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+            return _rows(conn.execute(self._translate(sql), params))
+
+        return run
+
+    def _translate(self, sql: str) -> str:
+        """A statement of ``_sql`` as this schema's connections run it."""
+        translated = self._translated.get(sql)
+        if translated is None:
+            # Unlocked: two threads that translate one statement at once store the same text.
+            translated = self._translated[sql] = _statements.translate(sql, self._schema_in_params)
+        return translated
 
     def after_fork(self) -> None:
         # The parent's connections and listener are its own: the child opens new ones. The objects are simply
@@ -279,11 +322,11 @@ class PostgresBackend(Backend):
         with self._ready:
             self._wakeups += 1
             for note in notes:
-                count, _, eta = note.partition(" ")
+                fields = note.split()
                 try:
-                    when = float(eta)
-                    ready += int(count) if when <= now else 1
-                except ValueError:  # not ours: someone else's NOTIFY on the channel
+                    when = float(fields[1])
+                    ready += int(fields[0]) if when <= now else 1
+                except (IndexError, ValueError):  # not ours: someone else's NOTIFY on the channel
                     continue
                 if when > now:
                     heapq.heappush(self._due, when)
@@ -334,11 +377,7 @@ class PostgresBackend(Backend):
         conn.execute(f'LISTEN "{self._channel.replace(chr(34), chr(34) * 2)}"')
         # What was notified while nobody listened is lost: have the waiting dequeues look now, and learn when
         # the next scheduled job is due.
-        due = conn.execute(
-            f"SELECT min(eta) FROM {self._schema_in_params}.flask_queue_jobs WHERE status = 'queued'"
-            " AND lease_until IS NULL AND eta > %s",
-            [time.time()],
-        ).fetchone()
+        due = conn.execute(self._sql["due"], {"now": time.time()}).fetchone()
         self._announce([f"0 {due[0]!r}"] if due and due[0] is not None else [], everyone=True)
         # Its number is kept: a connection that failed may no longer tell it.
         fd = conn.fileno()
@@ -350,8 +389,11 @@ class PostgresBackend(Backend):
                 conn.pgconn.consume_input()
                 notes = []
                 while (notify := conn.pgconn.notifies()) is not None:
-                    if notify.be_pid not in self._own_pids:
-                        notes.append(notify.extra.decode(errors="replace"))
+                    note = notify.extra.decode(errors="replace")
+                    # A statement of this object's connections woke this process as it ran, but for the job
+                    # the key trigger queued, which it did not know of.
+                    if notify.be_pid not in self._own_pids or note.endswith(_statements.FREED):
+                        notes.append(note)
                 if notes:
                     self._announce(notes)
         finally:
@@ -364,13 +406,33 @@ class PostgresBackend(Backend):
 
     # -- the contract --------------------------------------------------------------------------------------
 
-    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+    def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         if not records:
             return []
-        statement, params = self._insert(records)
-        rows = self._execute(self._sql[statement], params).fetchall()
+        if all(record.key is None for record in records):
+            statement, params = self._insert(records)
+            ids = _ids(self._execute(self._sql[statement], params).fetchall())
+        else:
+            ids = self._transaction(lambda run: self._store(run, records, on_conflict))
         self._announce([self._note(records)])
-        return _ids(rows)
+        return ids
+
+    def _store(self, run: _sql.Run, records: Sequence[JobRecord], on_conflict: str) -> list[str]:
+        """Insert ``records`` through ``run`` (inside the caller's transaction), keys as the contract says, and
+        notify them at its commit."""
+        now = time.time()
+        ids = []
+        for record in records:
+            token = random.getrandbits(32)
+            row = _sql.keyed_row(record, token)
+            if record.key is None:
+                # Never a conflict: both key indexes leave out the rows without one.
+                [(seq,)] = run(_sql.INSERT_KEYED, {**row, "status": "queued"})
+                ids.append(f"{seq}-{token:08x}")
+            else:
+                ids.append(_sql.store_keyed(run, row, on_conflict, now))
+        run(_statements.NOTIFY, {"channel": self._channel, "note": self._note(records)})
+        return ids
 
     def _insert(self, records: Sequence[JobRecord]) -> tuple[str, dict[str, Any]]:
         """The name of the statement that stores ``records``, and its parameters: one row is bound as values,
@@ -379,7 +441,7 @@ class PostgresBackend(Backend):
         if len(records) == 1:
             r = records[0]
             values = (random.getrandbits(32), r.task, r.queue, r.payload, r.priority, r.retries, r.timeout, r.eta,
-                      r.enqueued_at)  # fmt: skip
+                      r.enqueued_at, r.start_by)  # fmt: skip
             return "insert_one", {**dict(zip(_statements.INSERTED, values, strict=True)), **notify}
         return "insert", {
             "token": [random.getrandbits(32) for _ in records],
@@ -391,10 +453,13 @@ class PostgresBackend(Backend):
             "timeout": [r.timeout for r in records],
             "eta": [r.eta for r in records],
             "enqueued_at": [r.enqueued_at for r in records],
+            "start_by": [r.start_by for r in records],
             **notify,
         }
 
-    def enqueue_in_transaction(self, connection: Any, records: Sequence[JobRecord]) -> list[str]:
+    def enqueue_in_transaction(
+        self, connection: Any, records: Sequence[JobRecord], *, on_conflict: str = "return"
+    ) -> list[str]:
         from sqlalchemy import text
 
         if connection.dialect.name != "postgresql":
@@ -413,9 +478,41 @@ class PostgresBackend(Backend):
             self._same_database.add(engine)
         if not records:
             return []
-        statement, params = self._insert(records)
-        rows = connection.execute(text(self._outbox_sql[statement]), params).all()
-        return _ids(rows)
+        # The backend's own statements, given to psycopg as they are (``exec_driver_sql``); their NOTIFY is
+        # delivered at the caller's commit, or never.
+        if all(record.key is None for record in records):
+            statement, params = self._insert(records)
+            return _ids(connection.exec_driver_sql(self._sql[statement], params).fetchall())
+
+        def run(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+            result = connection.exec_driver_sql(self._translate(sql), params)
+            return list(result.fetchall()) if result.returns_rows else []
+
+        if on_conflict == "raise" and len(records) > 1:
+            # All or none inside the caller's transaction too: the records stored before the duplicate go
+            # with the savepoint, and the caller's transaction stays usable.
+            with connection.begin_nested():
+                return self._store(run, records, on_conflict)
+        return self._store(run, records, on_conflict)
+
+    def enqueue_tick(self, schedule: str, tick: float, records: Sequence[JobRecord]) -> list[str] | None:
+        def work(run: _sql.Run) -> list[str] | None:
+            advanced = run(_sql.ADVANCE_TICK, {"name": schedule, "tick": tick})
+            if not advanced or advanced[0][0]:
+                return None  # another process had this tick (or a later one), or the schedule is paused
+            return self._store(run, records, "return") if records else []
+
+        ids = self._transaction(work)
+        if ids:
+            self._announce([self._note(records)])
+        return ids
+
+    def schedules(self) -> list[ScheduleState]:
+        rows = self._execute(self._sql["schedules"], {}).fetchall()
+        return [ScheduleState(name, last_tick, bool(paused)) for name, last_tick, paused in rows]
+
+    def pause_schedule(self, schedule: str, paused: bool) -> None:
+        self._execute(self._sql["pause"], {"name": schedule, "paused": int(paused)})
 
     def _not_this_database(self, connection: Any) -> ConfigurationError:
         return ConfigurationError(
@@ -472,7 +569,8 @@ class PostgresBackend(Backend):
         return records
 
     def _recover(self, now: float) -> None:
-        """Fail the jobs that lost their lease once too often (the others are handed out again by a take)."""
+        """Fail the jobs that lost their lease once too often (the others are handed out again by a take), and
+        store as expired those that expired by the clock (no take hands them out meanwhile)."""
         self._next_recover = now + RECOVER_INTERVAL
         self._execute(self._sql["recover"], {"now": now, "error": LOST_ERROR})
 
@@ -550,7 +648,14 @@ class PostgresBackend(Backend):
         now = time.time()
         note = self._note(eta=now)
         params = {"now": now, "channel": self._channel, "note": note, **_sql.key(job_id)}
-        return self._changed("requeue", params, note)
+        try:
+            return self._changed("requeue", params, note)
+        except BackendError as exc:
+            # Another job took the key between the statement's look for one and its write: the key's index
+            # refused the second holder.
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                return False
+            raise
 
     def _changed(self, statement: str, params: Mapping[str, Any], note: str) -> bool:
         """Run a statement that makes one job ready (or scheduled) and notifies it; wake this process too."""
@@ -644,6 +749,11 @@ def _seconds(url: str, value: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(f"TASK_QUEUE_BACKEND={url!r}: poll_interval must be a number of seconds > 0")
     return seconds
+
+
+def _rows(cursor: psycopg.Cursor[Any]) -> list[Sequence[Any]]:
+    """What a statement returned: its rows, or none for one that returns none (psycopg raises on a fetch)."""
+    return cursor.fetchall() if cursor.description is not None else []
 
 
 def _ids(rows: Sequence[Sequence[Any]]) -> list[str]:
