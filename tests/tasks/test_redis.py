@@ -6,6 +6,7 @@ The contract itself is checked by ``test_backend_contract.py`` (and the ``TaskQu
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import shutil
 import signal
@@ -358,6 +359,160 @@ def test_pages_of_finished_jobs_numbered_in_the_same_microsecond_show_each_job_o
     assert set(listed) == set(ids)
 
 
+# -- keys, expiry and schedules ------------------------------------------------------------------------
+
+
+def _prefix(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["prefix"][0]
+
+
+def test_a_namespace_written_before_keys_and_start_by_still_reads(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    """Jobs stored by an earlier version have neither field in their hashes: they read as ``None``, and run."""
+    prefix = _prefix(url)
+    admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        now = time.time()
+        old = f"{time.time_ns() // 1000 - 10:014x}-0000abcd"
+        admin.set(f"{prefix}:layout", LAYOUT)
+        admin.hset(
+            f"{prefix}:job:{old}",
+            mapping={"task": "tests.noop", "queue": "default", "payload": "{}", "priority": 0,
+                     "status": "queued", "retries": 0, "eta": now, "enqueued_at": now},
+        )  # fmt: skip
+        admin.zadd(f"{prefix}:jobs", {old: int(old[:14], 16)})
+        admin.zadd(f"{prefix}:ready:default", {old: 0})
+        admin.sadd(f"{prefix}:queues", "default")
+    finally:
+        admin.close()
+    backend = open_backend(url)
+    stored = backend.get(old)
+    assert stored is not None
+    assert (stored.key, stored.start_by, stored.status) == (None, None, JobStatus.QUEUED)
+    assert [r.id for r in backend.jobs()] == [old]
+    assert [r.id for r in backend.jobs(status=JobStatus.QUEUED)] == [old]
+    assert backend.counts()["default"]["queued"] == 1
+    keyed = backend.enqueue([record(key="k")])  # a new job beside the old ones
+    leased = backend.dequeue(None, "w1", 30.0, 0.0)
+    assert leased is not None
+    assert (leased.id, leased.key, leased.start_by) == (old, None, None)
+    done = backend.finish(old, "w1", JobStatus.SUCCEEDED)
+    assert done is not None
+    assert done.key is None
+    assert backend.enqueue([record(key="k")]) == keyed
+
+
+def test_replace_moves_a_waiting_job_to_its_new_queue_and_time(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    [job_id] = backend.enqueue([record(key="k", queue="a", eta=time.time() + 3600)])
+    assert backend.enqueue([record(key="k", queue="b")], on_conflict="replace") == [job_id]
+    assert backend.size("a") == 0
+    assert "a" not in backend.counts()  # no job left there
+    assert backend.size("b") == 1
+    assert backend.dequeue({"a"}, "w1", 30.0, 0.0) is None
+    leased = backend.dequeue({"b"}, "w1", 30.0, 0.0)
+    assert leased is not None
+    assert (leased.id, leased.queue) == (job_id, "b")
+
+
+def test_a_deferred_job_in_a_queue_of_its_own_is_counted_and_queued_there(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    [first] = backend.enqueue([record(key="k")])
+    assert backend.dequeue(None, "w1", 30.0, 0.0) is not None
+    [deferred] = backend.enqueue([record(key="k", queue="later")], on_conflict="replace")
+    assert backend.counts()["later"]["deferred"] == 1
+    assert [r.id for r in backend.jobs(status=JobStatus.DEFERRED)] == [deferred]
+    assert backend.finish(first, "w1", JobStatus.SUCCEEDED) is not None
+    assert backend.counts()["later"]["queued"] == 1
+    leased = backend.dequeue({"later"}, "w1", 30.0, 0.0)
+    assert leased is not None
+    assert leased.id == deferred
+
+
+def test_a_key_whose_holder_ended_without_freeing_it_is_free(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    """A process of an earlier version finishes a keyed job without freeing its key: the next enqueue of the
+    key does not take the finished job for its holder."""
+    backend = open_backend(url)
+    [first] = backend.enqueue([record(key="k")])
+    admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        admin.hset(f"{_prefix(url)}:job:{first}", "status", "succeeded")
+        admin.zrem(f"{_prefix(url)}:ready:default", first)
+    finally:
+        admin.close()
+    [second] = backend.enqueue([record(key="k")], on_conflict="raise")
+    assert second != first
+    assert backend.enqueue([record(key="k")]) == [second]
+
+
+def test_no_expired_job_is_handed_out_when_more_than_a_chunk_expire_at_once(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    """A dequeue stores CHUNK expired jobs per queue; past that, it looks at each job it takes."""
+    backend = open_backend(url)
+    late = backend.enqueue([record(start_by=time.time() + 0.1) for _ in range(CHUNK + 10)])
+    [fresh] = backend.enqueue([record(priority=1)])  # behind every late one
+    time.sleep(0.2)
+    # Before any dequeue stored them: reported expired all the same.
+    assert backend.size() == 1
+    assert backend.counts()["default"]["expired"] == len(late)
+    assert backend.counts()["default"]["queued"] == 1
+    assert len(backend.jobs(status=JobStatus.EXPIRED, limit=len(late) + 10)) == len(late)
+    assert backend.jobs(status=JobStatus.QUEUED) == [backend.get(fresh)]
+    assert [r.id for r in backend.dequeue_batch(None, "w1", 30.0, 5)] == [fresh]
+    assert backend.counts()["default"]["expired"] == len(late)
+    # Stored so, every one: those past the first CHUNK too, met by the dequeue as it took them off the queue.
+    admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        pipe = admin.pipeline()
+        for job_id in late:
+            pipe.hget(f"{_prefix(url)}:job:{job_id}", "status")
+        assert set(pipe.execute()) == {"expired"}
+    finally:
+        admin.close()
+    assert backend.purge(None, {JobStatus.EXPIRED}) == len(late)
+    assert backend.jobs() == [backend.get(fresh)]
+
+
+def test_a_released_first_attempt_may_expire_again(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    """A job given back at shutdown has not started as far as its ``start_by`` goes."""
+    backend = open_backend(url)
+    [job_id] = backend.enqueue([record(start_by=time.time() + 0.2)])
+    assert backend.dequeue(None, "w1", 30.0, 0.0) is not None
+    assert backend.release(job_id, "w1")
+    time.sleep(0.3)
+    assert backend.dequeue(None, "w1", 30.0, 0.0) is None
+    stored = backend.get(job_id)
+    assert stored is not None
+    assert stored.status is JobStatus.EXPIRED
+    assert stored.finished_at is not None
+
+
+def test_a_schedule_is_one_hash_field_whatever_its_ticks(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    backend = open_backend(url)
+    for tick in range(50):
+        assert backend.enqueue_tick("every-minute", 60.0 * tick, []) == []
+    backend.pause_schedule("every-minute", True)
+    assert backend.enqueue_tick("every-minute", 60.0 * 50, [record()]) is None
+    admin = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        assert admin.hgetall(f"{_prefix(url)}:schedules") == {"every-minute": "1:3000.0"}
+    finally:
+        admin.close()
+    assert backend.pending() == 0
+
+
 # -- processes ------------------------------------------------------------------------------------------
 
 
@@ -380,6 +535,41 @@ def test_a_forked_child_talks_to_redis_on_connections_of_its_own(
     # The parent's connection was not disturbed by the child's.
     assert backend.size("child") == 1
     assert backend.get(parent_job) is not None
+
+
+def _enqueue_one_key(url: str, on_conflict: str, start: object, out: object) -> None:
+    """A process of the race below: 100 enqueues of one key, as soon as the other process is ready too."""
+    backend = RedisBackend(url)
+    try:
+        backend.size()  # connected, and the key layout checked
+        start.wait()  # type: ignore[attr-defined]
+        ids = {backend.enqueue([record(key="race")], on_conflict=on_conflict)[0] for _ in range(100)}
+        out.put(sorted(ids))  # type: ignore[attr-defined]
+    finally:
+        backend.close()
+
+
+def test_two_processes_racing_one_key_leave_one_job(
+    url: str, open_backend: Callable[[str], RedisBackend]
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Barrier(2), context.Queue()
+    procs = [
+        context.Process(target=_enqueue_one_key, args=(url, on_conflict, start, out))
+        for on_conflict in ("return", "replace")
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        ids = [out.get(timeout=WAIT) for _ in procs]
+    finally:
+        for proc in procs:
+            proc.join(WAIT)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert len({job_id for found in ids for job_id in found}) == 1
+    backend = open_backend(url)
+    assert backend.pending() == 1
+    assert [r.id for r in backend.jobs()] == ids[0]
 
 
 def test_threads_that_end_leave_no_connection_behind(
@@ -489,9 +679,10 @@ def test_every_acknowledged_job_survives_a_redis_crash_and_the_backend_reconnect
     private_redis.start()
 
     # The same backend object, on the restarted server: every acknowledged job, in the state it was in.
+    none = dict.fromkeys(map(str, JobStatus), 0)
     assert backend.counts() == {
-        "default": {"queued": 28, "scheduled": 1, "running": 1, "succeeded": 1, "failed": 0, "cancelled": 0},
-        "bulk": {"queued": 100, "scheduled": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0},
+        "default": {**none, "queued": 28, "scheduled": 1, "running": 1, "succeeded": 1},
+        "bulk": {**none, "queued": 100},
     }
     for job_id in [*one_by_one, *at_once, later]:
         assert backend.get(job_id) is not None
@@ -536,8 +727,10 @@ def test_a_full_redis_refuses_changes_whole_and_can_still_be_emptied(
             backend.finish(running.id, "w1", JobStatus.SUCCEEDED)
         # Nothing was half done: the jobs are where they were, and reading works.
         assert backend.counts()["default"] == {
-            "queued": 2, "scheduled": 0, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 0,
-        }  # fmt: skip
+            **dict.fromkeys(map(str, JobStatus), 0),
+            "queued": 2,
+            "running": 1,
+        }
         assert [r.id for r in backend.jobs(status=JobStatus.QUEUED)] == waiting[:0:-1]
         # Deleting works, so that a full Redis can be emptied.
         assert backend.purge(None, {JobStatus.QUEUED}) == 2

@@ -20,7 +20,14 @@ Key layout (``P`` is the URL's ``prefix``, ``flask_queue`` by default; ``Q`` a q
     P:succeeded:Q    zset    finished jobs by outcome, scored by sequence number: ``counts()`` is a ZCARD,
     P:failed:Q               ``jobs(status=...)`` a ZREVRANGE
     P:cancelled:Q
+    P:expired:Q
+    P:deferred:Q     zset    DEFERRED jobs, scored by sequence number
+    P:start_by:Q     zset    QUEUED jobs never started that have a ``start_by``, scored by it: those below
+                             now are EXPIRED, whatever their hash says, until a script stores it
     P:expires        zset    finished jobs that have an ``expires_at``, scored by it: ``expire()``
+    P:keys           hash    <len(task)>:<task>:<key> -> the id of the unfinished job that holds the key
+    P:keys_deferred  hash    the same -> the id of the job DEFERRED behind it
+    P:schedules      hash    schedule name -> <paused 0|1>:<last tick>, what ``schedules()`` reads
     P:wake:Q         list    at most one wake-up token: a dequeue blocked in BLPOP takes it
     P:wakeall        list    the same, for dequeues of every queue, when a new queue name appears
     P:interrupt:<t>  list    tokens that make this process's blocked dequeues return (``interrupt``)
@@ -33,6 +40,14 @@ lease lapsed (``lost`` + 1; failed with ``LOST_ERROR`` past ``MAX_LOST``), then 
 ``ready`` into ``running``. ``finish`` moves an id from ``running`` to its outcome's set, ``retry_later``
 and ``release`` back to ``delayed``/``ready``. Only the lease holder changes a running job: each script
 checks the hash's ``status`` and ``worker`` first.
+
+Keys and expiry: the enqueue of a job with a key (a script of its own, ``ENQUEUE_KEYED``, so that jobs
+without one cost what they did) looks its key up in ``P:keys`` and decides there, for every job of the call,
+what ``on_conflict`` says. Every script that ends a job holding a key (finish, cancel, expiry, a last lost
+lease, purge) frees it in the same script, queueing the job of ``P:keys_deferred``. A dequeue first stores as
+EXPIRED the jobs of ``P:start_by`` below now, so that none is handed out; reads (``get``, ``counts``,
+``jobs``) report them so before. A namespace written before keys and ``start_by`` existed has neither in its
+hashes, and reads as jobs without them.
 
 Waiting: a dequeue that finds nothing blocks in ``BLPOP`` on the wake-up lists of its queues, with a
 timeout that ends when the earliest delayed job falls due or the earliest lease lapses. Whatever makes a job
@@ -77,8 +92,8 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ....exceptions import BackendError, ConfigurationError
-from ...records import FINISHED, JobRecord, JobStatus, WorkerInfo
-from ..base import Backend, hide_secrets, scrub
+from ...records import FINISHED, JobRecord, JobStatus, ScheduleState, WorkerInfo
+from ..base import ON_CONFLICT, Backend, duplicate, hide_secrets, scrub
 from . import _scripts
 from ._link import Links
 
@@ -212,12 +227,20 @@ class RedisBackend(Backend):
     # -- the contract --------------------------------------------------------------------------------------
 
     @_reporting
-    def enqueue(self, records: Sequence[JobRecord]) -> list[str]:
+    def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
+        if on_conflict not in ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(map(repr, ON_CONFLICT))}, not {on_conflict!r}"
+            )
         if not records:
             return []
-        ids = self._new_ids(len(records))
+        if any(r.key is not None for r in records):
+            ids = self._enqueue_keyed(records, on_conflict, "", "")
+            assert ids is not None  # only a schedule's tick stores nothing
+            return ids
+        new = self._new_ids(len(records))
         args: list[str | float] = [self.prefix, time.time(), len(records)]
-        for (job_id, seq), r in zip(ids, records, strict=True):
+        for (job_id, seq), r in zip(new, records, strict=True):
             args += (
                 job_id,
                 seq,
@@ -229,9 +252,58 @@ class RedisBackend(Backend):
                 "" if r.timeout is None else f"={r.timeout!r}",
                 r.eta,
                 r.enqueued_at,
+                "" if r.start_by is None else f"={r.start_by!r}",
             )
         self._eval(_scripts.ENQUEUE, args)
-        return [job_id for job_id, _ in ids]
+        return [job_id for job_id, _ in new]
+
+    def _enqueue_keyed(
+        self, records: Sequence[JobRecord], on_conflict: str, schedule: str, tick: str | float
+    ) -> list[str] | None:
+        """Store ``records``, some of which have a key, as ``on_conflict`` says, with ``ENQUEUE_KEYED``; with a
+        ``schedule``, only if ``tick`` is its next (``None`` if not)."""
+        new = self._new_ids(len(records))
+        args: list[str | float] = [self.prefix, time.time(), len(records), on_conflict, schedule, tick]
+        for (job_id, seq), r in zip(new, records, strict=True):
+            args += (
+                job_id,
+                seq,
+                r.task,
+                r.queue,
+                r.payload,
+                r.priority,
+                r.retries,
+                _scripts.optional(r.timeout),
+                r.eta,
+                r.enqueued_at,
+                _scripts.optional(r.key),
+                _scripts.optional(r.start_by),
+            )
+        reply = self._eval(_scripts.ENQUEUE_KEYED, args)
+        if reply is None:
+            return None
+        if len(reply) > 1:
+            raise duplicate(records[int(reply[1]) - 1], reply[2])
+        return list(reply[0])
+
+    @_reporting
+    def enqueue_tick(self, schedule: str, tick: float, records: Sequence[JobRecord]) -> list[str] | None:
+        return self._enqueue_keyed(records, "return", schedule, float(tick))
+
+    @_reporting
+    def schedules(self) -> list[ScheduleState]:
+        reply = self._command("HGETALL", f"{self.prefix}:schedules")
+        # A flat list of names and values (RESP2), or a map if the URL asked for RESP3 (protocol=3).
+        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+        states = []
+        for name, value in pairs:
+            paused, _, tick = value.partition(":")
+            states.append(ScheduleState(name, float(tick) if tick else None, paused == "1"))
+        return sorted(states, key=lambda state: state.name)
+
+    @_reporting
+    def pause_schedule(self, schedule: str, paused: bool) -> None:
+        self._eval(_scripts.PAUSE_SCHEDULE, [self.prefix, schedule, "1" if paused else "0"])
 
     def _new_ids(self, count: int) -> list[tuple[str, int]]:
         """Ids for ``count`` new jobs, and their sequence numbers.
@@ -422,7 +494,7 @@ class RedisBackend(Backend):
         values = self._command("HMGET", self._key("job", job_id), *_scripts.FIELDS)
         if values[0] is None:
             return None
-        return _scripts.record([*values, job_id])
+        return _scripts.record([*values, job_id], time.time())
 
     @_reporting
     def cancel(self, job_id: str) -> bool:
@@ -468,10 +540,11 @@ class RedisBackend(Backend):
     @_reporting
     def counts(self) -> dict[str, dict[str, int]]:
         flat = self._eval(_scripts.COUNTS, [self.prefix, time.time()])
-        order = ("queued", "scheduled", "running", "succeeded", "failed", "cancelled")
+        order = [str(status) for status in JobStatus]  # the script's order
+        width = len(order) + 1
         counts: dict[str, dict[str, int]] = {}
-        for start in range(0, len(flat), 7):
-            numbers = [int(n) for n in flat[start + 1 : start + 7]]
+        for start in range(0, len(flat), width):
+            numbers = [int(n) for n in flat[start + 1 : start + width]]
             if any(numbers):
                 counts[flat[start]] = dict(zip(order, numbers, strict=True))
         return counts
@@ -489,9 +562,11 @@ class RedisBackend(Backend):
         if limit <= 0:
             return []
         cut = 0 if preview is None else max(int(preview), 1)
+        now = time.time()
         if status is not None and JobStatus(status) in FINISHED:
             args: list[str | float] = [
                 self.prefix,
+                now,
                 JobStatus(status).value,
                 offset,
                 limit,
@@ -500,10 +575,10 @@ class RedisBackend(Backend):
             ]
             if queue is not None:
                 args.append(queue)
-            return [_scripts.record(values) for values in self._eval(_scripts.FINISHED_PAGE, args)]
+            return [_scripts.record(values, now) for values in self._eval(_scripts.FINISHED_PAGE, args)]
         if status is None and queue is None:
             return [
-                _scripts.record(values)
+                _scripts.record(values, now)
                 for values in self._eval(_scripts.PAGE, [self.prefix, offset, limit, cut])
             ]
         # Filtered by queue or by a status that changes with time: look through the jobs, newest first, a
@@ -513,10 +588,8 @@ class RedisBackend(Backend):
         below: str | None = "+inf"
         seen = 0
         while below is not None and len(found) < offset + limit:
-            reply = self._eval(
-                _scripts.SCAN, [self.prefix, time.time(), below, seen, queue or "", wanted, cut]
-            )
-            found += (_scripts.record(values) for values in reply[0])
+            reply = self._eval(_scripts.SCAN, [self.prefix, now, below, seen, queue or "", wanted, cut])
+            found += (_scripts.record(values, now) for values in reply[0])
             below, seen = (reply[1], int(reply[2])) if len(reply) > 1 else (None, 0)
         return found[offset : offset + limit]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -17,15 +18,17 @@ from ...records import JobRecord, JobStatus
 from ..base import LOST_ERROR, MAX_LOST
 
 #: Jobs ``purge`` and ``expire`` delete per script, and jobs ``jobs()`` looks at per script: each script
-#: holds Redis for a millisecond or so, never for a whole large queue.
+#: holds Redis for a millisecond or so, never for a whole large queue. A dequeue stores as expired up to as
+#: many jobs per queue.
 CHUNK = 1000
 
 #: The hash fields of a job, in the order the scripts return them (the id comes last). ``attempts`` and
-#: ``lost`` are absent until they count something.
+#: ``lost`` are absent until they count something; ``key`` and ``start_by`` when ``None`` (and in the jobs of
+#: a namespace written before they existed).
 FIELDS = (
     "task", "queue", "payload", "priority", "status", "attempts", "retries", "timeout", "eta",
     "enqueued_at", "started_at", "finished_at", "lease_until", "worker", "result", "error", "traceback",
-    "expires_at", "lost",
+    "expires_at", "lost", "key", "start_by",
 )  # fmt: skip
 ID = re.compile(r"[0-9a-f]{14}-[0-9a-f]{8}")
 
@@ -41,6 +44,7 @@ local function key(kind, name) return P .. ':' .. kind .. ':' .. name end
 # need not carry it all).
 RECORD = f"""
 local FIELDS = {{{", ".join(repr(field) for field in FIELDS)}}}
+local KEY_AT, START_BY_AT = {FIELDS.index("key") + 1}, {FIELDS.index("start_by") + 1}
 local PREVIEW = 0
 local function record(id)
   local r = redis.call('HMGET', key('job', id), unpack(FIELDS))
@@ -99,6 +103,102 @@ local function promote(queue, now)
   end
 end
 """
+# Keys (needs SEQ, WAKE). P:keys maps a task and key to the unfinished job that holds it, queued or
+# running; P:keys_deferred to the job DEFERRED behind it, in P:deferred:Q until the holder ends. A field starts
+# with the task's length, so that no task and key run together into another pair's field.
+RELEASE = """
+local function field(task, k) return #task .. ':' .. task .. ':' .. k end
+-- Job ``id`` ended (or went) holding key field ``f``: the job deferred behind it, if any, holds the key now
+-- and is queued (or expired, if its start_by passed while it waited); else the key is free.
+local function release(f, id, now)
+  local holders, waiting = P .. ':keys', P .. ':keys_deferred'
+  if redis.call('HGET', holders, f) ~= id then return end
+  local next_id = redis.call('HGET', waiting, f)
+  local st = next_id and redis.call('HMGET', key('job', next_id), 'status', 'queue', 'eta', 'start_by', 'priority')
+  if next_id then redis.call('HDEL', waiting, f) end
+  if not st or st[1] ~= 'deferred' then
+    redis.call('HDEL', holders, f)
+    return
+  end
+  local job, queue = key('job', next_id), st[2]
+  redis.call('ZREM', key('deferred', queue), next_id)
+  if st[4] and tonumber(st[4]) < tonumber(now) then
+    redis.call('HSET', job, 'status', 'expired', 'finished_at', now)
+    redis.call('ZADD', key('expired', queue), seq(next_id), next_id)
+    redis.call('HDEL', holders, f)
+    return
+  end
+  redis.call('HSET', job, 'status', 'queued')
+  redis.call('HSET', holders, f, next_id)
+  if st[4] then redis.call('ZADD', key('start_by', queue), st[4], next_id) end
+  if tonumber(st[3]) > tonumber(now) then
+    redis.call('ZADD', key('delayed', queue), st[3], next_id)
+  else
+    redis.call('ZADD', key('ready', queue), st[5], next_id)
+  end
+  wake(queue)
+end
+"""
+# Expiry (needs RELEASE). P:start_by:Q holds the queued jobs of Q never started that have a start_by, scored by
+# it: the ones below now are expired, whatever their stored status says, until a script stores it.
+EXPIRY = """
+local function expiring(status, attempts, start_by, now)
+  return status == 'queued' and (not attempts or attempts == '0') and start_by
+    and tonumber(start_by) < tonumber(now)
+end
+local function expire_job(id, queue, now)
+  local job = key('job', id)
+  redis.call('ZREM', key('start_by', queue), id)
+  local st = redis.call('HMGET', job, 'status', 'attempts', 'task', 'key')
+  if st[1] ~= 'queued' or (st[2] and st[2] ~= '0') then return end
+  redis.call('ZREM', key('ready', queue), id)
+  redis.call('ZREM', key('delayed', queue), id)
+  redis.call('HSET', job, 'status', 'expired', 'finished_at', now)
+  redis.call('ZADD', key('expired', queue), seq(id), id)
+  if st[4] then release(field(st[3], st[4]), id, now) end
+end
+-- Stores as expired up to ``budget`` jobs of ``queue`` that are so by the clock; returns how many.
+local function expire_due(queue, now, budget)
+  local ids = redis.call('ZRANGEBYSCORE', key('start_by', queue), '-inf', '(' .. now, 'LIMIT', 0, budget)
+  for _, id in ipairs(ids) do expire_job(id, queue, now) end
+  return #ids
+end
+"""
+# A lapsed lease (needs RELEASE): the job is queued again, or failed once it lost too many (freeing its key).
+LAPSE = """
+local function lapse(id, queue, now)
+  local job = key('job', id)
+  redis.call('ZREM', key('running', queue), id)
+  redis.call('HDEL', job, 'lease_until', 'worker')
+  if redis.call('HINCRBY', job, 'lost', 1) >= MAX_LOST then
+    redis.call('HSET', job, 'status', 'failed', 'error', LOST_ERROR, 'traceback', '', 'finished_at', now)
+    redis.call('ZADD', key('failed', queue), seq(id), id)
+    local k = redis.call('HMGET', job, 'task', 'key')
+    if k[2] then release(field(k[1], k[2]), id, now) end
+  else
+    redis.call('HSET', job, 'status', 'queued', 'eta', now)
+    redis.call('ZADD', key('ready', queue), redis.call('HGET', job, 'priority'), id)
+  end
+end
+"""
+# The holder of a key (needs EXPIRY): the job that holds field ``f`` now, or false. A holder expired by the
+# clock is stored as expired first, and one that ended without freeing the key (a process of an earlier
+# version finished it) lets it go: either way the job deferred behind it may hold it now.
+HOLDER = """
+local function holder(f, now)
+  local id = redis.call('HGET', P .. ':keys', f)
+  if not id then return false end
+  local st = redis.call('HMGET', key('job', id), 'status', 'attempts', 'start_by', 'queue')
+  if st[1] == 'running' then return id end
+  if st[1] == 'queued' then
+    if not expiring(st[1], st[2], st[3], now) then return id end
+    expire_job(id, st[4], now)
+  else
+    release(f, id, now)
+  end
+  return redis.call('HGET', P .. ':keys', f)
+end
+"""
 
 CONSTANTS = f"local CHUNK, MAX_LOST, LOST_ERROR = {CHUNK}, {MAX_LOST}, [==[{LOST_ERROR}]==]\n"
 
@@ -134,21 +234,26 @@ return ARGV[2]
     flags="allow-oom",
 )
 
-# ARGV: prefix, now, count, then per job: id, sequence number, task, queue, payload, priority, retries,
-# timeout, eta, enqueued_at.
+# ARGV: prefix, now, count, then per job (none with a key: see ENQUEUE_KEYED): id, sequence number, task,
+# queue, payload, priority, retries, timeout, eta, enqueued_at, start_by.
 ENQUEUE = lua(
     WAKE,
     """
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local woken = {}
 for i = 1, n do
-  local b = 3 + (i - 1) * 10
+  local b = 3 + (i - 1) * 11
   local id, queue, eta = ARGV[b + 1], ARGV[b + 4], ARGV[b + 9]
   local job = key('job', id)
   redis.call('HSET', job, 'task', ARGV[b + 3], 'queue', queue, 'payload', ARGV[b + 5],
     'priority', ARGV[b + 6], 'status', 'queued', 'retries', ARGV[b + 7], 'eta', eta,
     'enqueued_at', ARGV[b + 10])
   if ARGV[b + 8] ~= '' then redis.call('HSET', job, 'timeout', string.sub(ARGV[b + 8], 2)) end
+  if ARGV[b + 11] ~= '' then
+    local start_by = string.sub(ARGV[b + 11], 2)
+    redis.call('HSET', job, 'start_by', start_by)
+    redis.call('ZADD', key('start_by', queue), start_by, id)
+  end
   redis.call('ZADD', P .. ':jobs', ARGV[b + 2], id)
   if tonumber(eta) > now then
     redis.call('ZADD', key('delayed', queue), eta, id)
@@ -164,6 +269,158 @@ return n
 """,
 )
 
+# ARGV: prefix, now, count, on_conflict, schedule or '', tick, then per job: id, sequence number, task, queue,
+# payload, priority, retries, timeout, eta, enqueued_at, key, start_by. With a schedule, stores nothing
+# (returns nil) unless the tick is later than the schedule's last, which it becomes, and the schedule is not
+# paused. Returns {the ids, the holder's where a job met one}, or {{}, the job's number, the holder's id}
+# when on_conflict is 'raise' and a job met one (then nothing is stored).
+ENQUEUE_KEYED = lua(
+    SEQ,
+    WAKE,
+    SCHEDULE,
+    RELEASE,
+    EXPIRY,
+    LAPSE,
+    HOLDER,
+    """
+local now, n, on_conflict, periodic, tick = ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
+local B, W = 6, 12
+if periodic ~= '' then
+  -- One field per schedule: '<paused 0|1>:<last tick, or nothing>'.
+  local schedules = P .. ':schedules'
+  local state = redis.call('HGET', schedules, periodic) or '0:'
+  local last = string.sub(state, 3)
+  if last ~= '' and tonumber(last) >= tonumber(tick) then return false end
+  redis.call('HSET', schedules, periodic, string.sub(state, 1, 2) .. tick)
+  if string.sub(state, 1, 1) == '1' then return false end
+end
+-- The job of arguments b, stored with ``status`` ('queued' or 'deferred').
+local function put(b, status)
+  local id, queue, eta = ARGV[b + 1], ARGV[b + 4], ARGV[b + 9]
+  local job = key('job', id)
+  redis.call('HSET', job, 'task', ARGV[b + 3], 'queue', queue, 'payload', ARGV[b + 5],
+    'priority', ARGV[b + 6], 'status', status, 'retries', ARGV[b + 7], 'eta', eta,
+    'enqueued_at', ARGV[b + 10])
+  for at, name in pairs({[8] = 'timeout', [11] = 'key', [12] = 'start_by'}) do
+    if ARGV[b + at] ~= '' then redis.call('HSET', job, name, string.sub(ARGV[b + at], 2)) end
+  end
+  redis.call('ZADD', P .. ':jobs', ARGV[b + 2], id)
+  if status == 'deferred' then
+    redis.call('ZADD', key('deferred', queue), ARGV[b + 2], id)
+    wake(queue)  -- registers the queue, for counts()
+  else
+    if ARGV[b + 12] ~= '' then redis.call('ZADD', key('start_by', queue), string.sub(ARGV[b + 12], 2), id) end
+    schedule(id, queue, eta, now)
+  end
+end
+-- Job ``id`` (of queue ``old``, not running) takes the call of arguments b, its id kept.
+local function update(id, old, b, status)
+  local job, queue, eta = key('job', id), ARGV[b + 4], ARGV[b + 9]
+  redis.call('HSET', job, 'queue', queue, 'payload', ARGV[b + 5], 'priority', ARGV[b + 6],
+    'retries', ARGV[b + 7], 'eta', eta)
+  for at, name in pairs({[8] = 'timeout', [12] = 'start_by'}) do
+    if ARGV[b + at] == '' then redis.call('HDEL', job, name)
+    else redis.call('HSET', job, name, string.sub(ARGV[b + at], 2)) end
+  end
+  if status == 'deferred' then
+    redis.call('ZREM', key('deferred', old), id)
+    redis.call('ZADD', key('deferred', queue), seq(id), id)
+    wake(queue)
+    return
+  end
+  for _, kind in ipairs({'ready', 'delayed', 'start_by'}) do redis.call('ZREM', key(kind, old), id) end
+  local attempts = redis.call('HGET', job, 'attempts')
+  if ARGV[b + 12] ~= '' and (not attempts or attempts == '0') then
+    redis.call('ZADD', key('start_by', queue), string.sub(ARGV[b + 12], 2), id)
+  end
+  schedule(id, queue, eta, now)
+end
+-- "replace" against the holder of field f: a holder not running takes the call; a running one keeps running,
+-- and the job deferred behind it takes the call (made if there is none). Returns the id of the job that took
+-- it, or false when the key is free after all (the holder's lapsed lease was its last).
+local function replace(f, id, b)
+  local st = redis.call('HMGET', key('job', id), 'status', 'queue', 'lease_until')
+  if st[1] == 'running' and st[3] and tonumber(st[3]) < tonumber(now) then
+    lapse(id, st[2], now)
+    id = redis.call('HGET', P .. ':keys', f)
+    if not id then return false end
+    st = redis.call('HMGET', key('job', id), 'status', 'queue')
+  end
+  if st[1] == 'queued' then
+    update(id, st[2], b, 'queued')
+    return id
+  end
+  local waiting = redis.call('HGET', P .. ':keys_deferred', f)
+  if waiting then
+    local old = redis.call('HMGET', key('job', waiting), 'status', 'queue')
+    if old[1] == 'deferred' then
+      update(waiting, old[2], b, 'deferred')
+      return waiting
+    end
+  end
+  put(b, 'deferred')
+  redis.call('HSET', P .. ':keys_deferred', f, ARGV[b + 1])
+  return ARGV[b + 1]
+end
+-- "raise" stores nothing when any job meets a holder, so every job is looked at before anything is written,
+-- without writing: a holder that expired by the clock does not count, and the job deferred behind it would
+-- hold the key then. Jobs of the call meet each other.
+if on_conflict == 'raise' then
+  local claimed = {}
+  for i = 1, n do
+    local b = B + (i - 1) * W
+    if ARGV[b + 11] ~= '' then
+      local f = field(ARGV[b + 3], string.sub(ARGV[b + 11], 2))
+      local found = claimed[f]
+      local id = not found and redis.call('HGET', P .. ':keys', f)
+      if id then
+        local st = redis.call('HMGET', key('job', id), 'status', 'attempts', 'start_by')
+        if st[1] == 'running' or (st[1] == 'queued' and not expiring(st[1], st[2], st[3], now)) then
+          found = id
+        else
+          local waiting = redis.call('HGET', P .. ':keys_deferred', f)
+          local w = waiting and redis.call('HMGET', key('job', waiting), 'status', 'start_by')
+          if w and w[1] == 'deferred' and not (w[2] and tonumber(w[2]) < tonumber(now)) then found = waiting end
+        end
+      end
+      if found then return {{}, i, found} end
+      claimed[f] = ARGV[b + 1]
+    end
+  end
+end
+local ids = {}
+for i = 1, n do
+  local b = B + (i - 1) * W
+  local id = ARGV[b + 1]
+  if ARGV[b + 11] == '' then
+    put(b, 'queued')
+  else
+    local f = field(ARGV[b + 3], string.sub(ARGV[b + 11], 2))
+    local found = holder(f, now)
+    if found and on_conflict == 'replace' then found = replace(f, found, b) end
+    if found then
+      id = found
+    else
+      put(b, 'queued')
+      redis.call('HSET', P .. ':keys', f, id)
+    end
+  end
+  ids[i] = id
+end
+return {ids}
+""",
+)
+
+# ARGV: prefix, name, paused (1/0). A schedule with no field yet gets one.
+PAUSE_SCHEDULE = lua(
+    """
+local schedules = P .. ':schedules'
+local state = redis.call('HGET', schedules, ARGV[2]) or '0:'
+redis.call('HSET', schedules, ARGV[2], ARGV[3] .. string.sub(state, 2))
+return 1
+""",
+)
+
 # ARGV: prefix, now, lease_until, worker, limit, every queue (1/0), queue names. Returns {records} when it
 # leased some, else {{}, the earliest eta or lease_until of these queues (or nil), the queue names}.
 TAKE = lua(
@@ -171,42 +428,54 @@ TAKE = lua(
     SEQ,
     WAKE,
     PROMOTE,
+    RELEASE,
+    EXPIRY,
+    LAPSE,
     """
 local now, lease_until, worker, limit = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local queues
 if ARGV[6] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 7)} end
+-- Jobs expired by the clock leave the ready and delayed sets first, so that none is handed out; when there
+-- are more than CHUNK of them in a queue (a backlog), each job picked is looked at too.
+local backlog = false
 for _, queue in ipairs(queues) do
-  -- Lapsed leases: the job is ready again, or failed once it lost too many.
-  local running = key('running', queue)
-  local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', '(' .. now, 'LIMIT', 0, CHUNK)
-  for _, id in ipairs(lapsed) do
-    local job = key('job', id)
-    redis.call('ZREM', running, id)
-    redis.call('HDEL', job, 'lease_until', 'worker')
-    if redis.call('HINCRBY', job, 'lost', 1) >= MAX_LOST then
-      redis.call('HSET', job, 'status', 'failed', 'error', LOST_ERROR, 'traceback', '', 'finished_at', now)
-      redis.call('ZADD', key('failed', queue), seq(id), id)
-    else
-      redis.call('HSET', job, 'status', 'queued', 'eta', now)
-      redis.call('ZADD', key('ready', queue), redis.call('HGET', job, 'priority'), id)
-    end
-  end
+  if expire_due(queue, now, CHUNK) == CHUNK then backlog = true end
+  local lapsed = redis.call('ZRANGEBYSCORE', key('running', queue), '-inf', '(' .. now, 'LIMIT', 0, CHUNK)
+  for _, id in ipairs(lapsed) do lapse(id, queue, now) end
   promote(queue, now)
 end
-local picked = {}
-if #queues == 1 then
-  local popped = redis.call('ZPOPMIN', key('ready', queues[1]), limit)
-  for i = 1, #popped, 2 do picked[#picked + 1] = {popped[i], queues[1]} end
-else
+-- Takes up to ``count`` of the most urgent ready jobs off their sets: {{id, queue}, ...}.
+local function pop(count)
+  local picked = {}
+  if #queues == 1 then
+    local popped = redis.call('ZPOPMIN', key('ready', queues[1]), count)
+    for i = 1, #popped, 2 do picked[#picked + 1] = {popped[i], queues[1]} end
+    return picked
+  end
   local heads = {}
   for _, queue in ipairs(queues) do
-    local head = redis.call('ZRANGE', key('ready', queue), 0, limit - 1, 'WITHSCORES')
+    local head = redis.call('ZRANGE', key('ready', queue), 0, count - 1, 'WITHSCORES')
     for i = 1, #head, 2 do heads[#heads + 1] = {tonumber(head[i + 1]), head[i], queue} end
   end
   table.sort(heads, function(a, b) if a[1] ~= b[1] then return a[1] < b[1] end return a[2] < b[2] end)
-  for i = 1, math.min(limit, #heads) do
+  for i = 1, math.min(count, #heads) do
     redis.call('ZREM', key('ready', heads[i][3]), heads[i][2])
     picked[#picked + 1] = {heads[i][2], heads[i][3]}
+  end
+  return picked
+end
+local picked, wanted = {}, limit
+while wanted > 0 do
+  local batch = pop(wanted)
+  wanted = 0
+  for _, pick in ipairs(batch) do
+    local start_by = backlog and redis.call('ZSCORE', key('start_by', pick[2]), pick[1])
+    if start_by and tonumber(start_by) < tonumber(now) then
+      expire_job(pick[1], pick[2], now)
+      wanted = wanted + 1
+    else
+      picked[#picked + 1] = pick
+    end
   end
 end
 local out = {}
@@ -216,7 +485,10 @@ for _, pick in ipairs(picked) do
   redis.call('HSET', job, 'status', 'running', 'started_at', now, 'lease_until', lease_until,
     'worker', worker)
   redis.call('ZADD', key('running', pick[2]), lease_until, id)
-  out[#out + 1] = record(id)
+  local r = record(id)
+  -- Started: it can no longer expire.
+  if r[START_BY_AT] then redis.call('ZREM', key('start_by', pick[2]), id) end
+  out[#out + 1] = r
 end
 if #out > 0 then
   -- Ready jobs left behind: wake another idle worker for them.
@@ -237,11 +509,14 @@ return {out, next_at, queues}
 )
 
 # ARGV: prefix, now, worker, status, count, then per job: id, result, error, traceback, expires_at (optional
-# values). Returns per job its record, or nil where the worker does not hold its lease.
+# values). Returns per job its record, or nil where the worker does not hold its lease. A job with a key
+# frees it (for the job deferred behind it, if any).
 FINISH = lua(
     RECORD,
     SEQ,
     HELD,
+    WAKE,
+    RELEASE,
     """
 local now, worker, status, n = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local out = {}
@@ -252,10 +527,10 @@ for i = 1, n do
   local queue = held(job, worker)
   if queue then
     local sets, dels = {'status', status, 'finished_at', now}, {'lease_until'}
-    for f, field in ipairs({'result', 'error', 'traceback', 'expires_at'}) do
+    for f, name in ipairs({'result', 'error', 'traceback', 'expires_at'}) do
       local value = ARGV[b + 1 + f]
-      if value == '' then dels[#dels + 1] = field else
-        sets[#sets + 1] = field
+      if value == '' then dels[#dels + 1] = name else
+        sets[#sets + 1] = name
         sets[#sets + 1] = string.sub(value, 2)
       end
     end
@@ -265,6 +540,7 @@ for i = 1, n do
     redis.call('ZADD', key(status, queue), seq(id), id)
     if ARGV[b + 5] ~= '' then redis.call('ZADD', P .. ':expires', string.sub(ARGV[b + 5], 2), id) end
     out[i] = record(id)
+    if out[i][KEY_AT] then release(field(out[i][1], out[i][KEY_AT]), id, now) end
   else
     out[i] = false
   end
@@ -286,7 +562,8 @@ return 1
 """,
 )
 
-# ARGV: prefix, now, id, worker, eta, error, traceback (retry_later) or nothing more (release).
+# ARGV: prefix, now, id, worker, eta, error, traceback (retry_later) or nothing more (release). The job keeps
+# its key; a released job whose attempt was its first may expire again.
 PUT_BACK = lua(
     HELD,
     WAKE,
@@ -302,7 +579,10 @@ local eta = ARGV[5]
 if eta then
   redis.call('HSET', job, 'status', 'queued', 'eta', eta, 'error', ARGV[6], 'traceback', ARGV[7])
 else
-  redis.call('HINCRBY', job, 'attempts', -1)
+  if redis.call('HINCRBY', job, 'attempts', -1) == 0 then
+    local start_by = redis.call('HGET', job, 'start_by')
+    if start_by then redis.call('ZADD', key('start_by', queue), start_by, id) end
+  end
   redis.call('HSET', job, 'status', 'queued')
   eta = redis.call('HGET', job, 'eta')
 end
@@ -311,43 +591,88 @@ return 1
 """,
 )
 
-# ARGV: prefix, now, id. Returns the cancelled job's record, or nil if it was not queued.
+# ARGV: prefix, now, id. Returns the cancelled job's record, or nil if it was neither queued nor deferred (a
+# job expired by the clock is stored as expired instead).
 CANCEL = lua(
     RECORD,
     SEQ,
+    WAKE,
+    RELEASE,
+    EXPIRY,
     """
 local now, id = ARGV[2], ARGV[3]
 local job = key('job', id)
-local st = redis.call('HMGET', job, 'status', 'queue')
-if st[1] ~= 'queued' then return false end
+local st = redis.call('HMGET', job, 'status', 'queue', 'attempts', 'start_by', 'task', 'key')
+local queue = st[2]
+if st[1] == 'queued' then
+  if expiring(st[1], st[3], st[4], now) then
+    expire_job(id, queue, now)
+    return false
+  end
+  for _, kind in ipairs({'ready', 'delayed', 'start_by'}) do redis.call('ZREM', key(kind, queue), id) end
+elseif st[1] == 'deferred' then
+  redis.call('ZREM', key('deferred', queue), id)
+else
+  return false
+end
 redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now)
-redis.call('ZREM', key('ready', st[2]), id)
-redis.call('ZREM', key('delayed', st[2]), id)
-redis.call('ZADD', key('cancelled', st[2]), seq(id), id)
+redis.call('ZADD', key('cancelled', queue), seq(id), id)
+if st[6] then
+  local f = field(st[5], st[6])
+  if st[1] == 'queued' then
+    release(f, id, now)
+  elseif redis.call('HGET', P .. ':keys_deferred', f) == id then
+    redis.call('HDEL', P .. ':keys_deferred', f)
+  end
+end
 return record(id)
 """,
 )
 
-# ARGV: prefix, now, id. Returns 1 if requeued.
+# ARGV: prefix, now, id. Returns 1 if requeued, 0 if it was not final or another job holds its key.
 REQUEUE = lua(
+    SEQ,
     WAKE,
     SCHEDULE,
+    RELEASE,
+    EXPIRY,
+    HOLDER,
     """
 local now, id = ARGV[2], ARGV[3]
 local job = key('job', id)
-local st = redis.call('HMGET', job, 'status', 'queue')
-if st[1] ~= 'failed' and st[1] ~= 'cancelled' then return 0 end
+local st = redis.call('HMGET', job, 'status', 'queue', 'task', 'key')
+if st[1] ~= 'failed' and st[1] ~= 'cancelled' and st[1] ~= 'expired' then return 0 end
+if st[4] then
+  local f = field(st[3], st[4])
+  if holder(f, now) then return 0 end
+  redis.call('HSET', P .. ':keys', f, id)
+end
 redis.call('ZREM', key(st[1], st[2]), id)
 redis.call('ZREM', P .. ':expires', id)
 redis.call('HSET', job, 'status', 'queued', 'attempts', 0, 'lost', 0, 'eta', now)
-redis.call('HDEL', job, 'finished_at', 'expires_at', 'lease_until', 'worker')
+redis.call('HDEL', job, 'finished_at', 'expires_at', 'lease_until', 'worker', 'start_by')
 schedule(id, st[2], now, now)
 return 1
 """,
 )
 
+# The queued jobs of a queue that are expired by the clock (not stored so yet), as two counts: those ready
+# (or due) and those scheduled. Every job of P:start_by:Q waits in P:ready:Q or P:delayed:Q.
+LATE = """
+local function late(queue, now)
+  local ready, scheduled = 0, 0
+  local delayed = key('delayed', queue)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('start_by', queue), '-inf', '(' .. now)) do
+    local eta = redis.call('ZSCORE', delayed, id)
+    if eta and tonumber(eta) > tonumber(now) then scheduled = scheduled + 1 else ready = ready + 1 end
+  end
+  return ready, scheduled
+end
+"""
+
 # ARGV: prefix, now, every queue (1/0), queue names. Returns the jobs ready now.
 SIZE = lua(
+    LATE,
     """
 local now = ARGV[2]
 local queues
@@ -355,32 +680,39 @@ if ARGV[3] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queu
 local n = 0
 for _, queue in ipairs(queues) do
   n = n + redis.call('ZCARD', key('ready', queue)) + redis.call('ZCOUNT', key('delayed', queue), '-inf', now)
+    - late(queue, now)
 end
 return n
 """,
     flags="no-writes",
 )
 
-# ARGV: prefix, now. Returns {queue, queued, scheduled, running, succeeded, failed, cancelled, ...}.
+# ARGV: prefix, now. Returns {queue, then a count per status of JobStatus in its order, ...}.
 COUNTS = lua(
+    LATE,
     """
 local now = ARGV[2]
 local out = {}
 for _, queue in ipairs(redis.call('SMEMBERS', P .. ':queues')) do
   local delayed = key('delayed', queue)
+  local late_ready, late_scheduled = late(queue, now)
   out[#out + 1] = queue
   out[#out + 1] = redis.call('ZCARD', key('ready', queue)) + redis.call('ZCOUNT', delayed, '-inf', now)
-  out[#out + 1] = redis.call('ZCOUNT', delayed, '(' .. now, '+inf')
-  for _, kind in ipairs({'running', 'succeeded', 'failed', 'cancelled'}) do
+    - late_ready
+  out[#out + 1] = redis.call('ZCOUNT', delayed, '(' .. now, '+inf') - late_scheduled
+  for _, kind in ipairs({'running', 'succeeded', 'failed', 'cancelled', 'expired'}) do
     out[#out + 1] = redis.call('ZCARD', key(kind, queue))
   end
+  out[#out] = out[#out] + late_ready + late_scheduled
+  out[#out + 1] = redis.call('ZCARD', key('deferred', queue))
 end
 return out
 """,
     flags="no-writes",
 )
 
-# ARGV: prefix, offset, limit, preview (0: whole payloads). Returns the records of P:jobs from rank ``offset`` on, newest first.
+# ARGV: prefix, offset, limit, preview (0: whole payloads). Returns the records of P:jobs from rank ``offset``
+# on, newest first.
 PAGE = lua(
     RECORD,
     """
@@ -396,11 +728,12 @@ return out
 )
 
 # ARGV: prefix, now, below (a score: '+inf' at first), seen (jobs of score ``below`` looked at already), queue
-# or '', status or '', preview (0: whole payloads). Looks at up to CHUNK jobs of P:jobs from ``below`` down, newest first, past the ``seen``
-# first ones; returns {the records that match, the last score looked at, how many of that score were looked
-# at} (only {the records} at the end). A cursor by score, unlike one by rank, is not shifted by jobs enqueued
-# meanwhile. Producers that number jobs in the same microsecond give them one score, so a chunk may end
-# between jobs of one score: the count is how the next chunk starts after those seen, never skipping the rest.
+# or '', status or '', preview (0: whole payloads). Looks at up to CHUNK jobs of P:jobs from ``below`` down,
+# newest first, past the ``seen`` first ones; returns {the records that match, the last score looked at, how
+# many of that score were looked at} (only {the records} at the end). A cursor by score, unlike one by rank,
+# is not shifted by jobs enqueued meanwhile. Producers that number jobs in the same microsecond give them one
+# score, so a chunk may end between jobs of one score: the count is how the next chunk starts after those
+# seen, never skipping the rest.
 SCAN = lua(
     RECORD,
     """
@@ -411,7 +744,11 @@ local out = {}
 for i = 1, #ids, 2 do
   local r = record(ids[i])
   local st = r[5]
-  if st == 'queued' and tonumber(r[9]) > now then st = 'scheduled' end
+  if st == 'queued' and (not r[6] or r[6] == '0') and r[START_BY_AT] and tonumber(r[START_BY_AT]) < now then
+    st = 'expired'
+  elseif st == 'queued' and tonumber(r[9]) > now then
+    st = 'scheduled'
+  end
   if r[1] and (queue == '' or r[2] == queue) and (status == '' or st == status) then out[#out + 1] = r end
 end
 if #ids < 2 * CHUNK then return {out} end
@@ -426,22 +763,28 @@ return {out, last, seen}
     flags="no-writes",
 )
 
-# ARGV: prefix, status (a finished one), offset, limit, preview (0: whole payloads), every queue (1/0), queue
-# names. Returns the records
-# of that status, newest first, from the per-queue indexes merged. Jobs of one sequence number (producers that
-# numbered them in the same microsecond) are ordered by id, as within one index: a sort that left them in any
-# order would put one job on two pages and another on none.
+# ARGV: prefix, now, status (a finished one), offset, limit, preview (0: whole payloads), every queue (1/0),
+# queue names. Returns the records of that status, newest first, from the per-queue indexes merged (for
+# 'expired', with the jobs expired by the clock and not stored so yet). Jobs of one sequence number
+# (producers that numbered them in the same microsecond) are ordered by id, as within one index: a sort that
+# left them in any order would put one job on two pages and another on none.
 FINISHED_PAGE = lua(
     RECORD,
+    SEQ,
     """
-local status, offset, limit = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-PREVIEW = tonumber(ARGV[5])
+local now, status, offset, limit = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+PREVIEW = tonumber(ARGV[6])
 local queues
-if ARGV[6] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 7)} end
+if ARGV[7] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, 8)} end
 local all = {}
 for _, queue in ipairs(queues) do
   local ids = redis.call('ZREVRANGE', key(status, queue), 0, offset + limit - 1, 'WITHSCORES')
   for i = 1, #ids, 2 do all[#all + 1] = {tonumber(ids[i + 1]), ids[i]} end
+  if status == 'expired' then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', key('start_by', queue), '-inf', '(' .. now)) do
+      all[#all + 1] = {seq(id), id}
+    end
+  end
 end
 table.sort(all, function(a, b) if a[1] ~= b[1] then return a[1] > b[1] end return a[2] > b[2] end)
 local out = {}
@@ -455,29 +798,65 @@ return out
 )
 
 # ARGV: prefix, now, every queue (1/0), then the index kinds to empty ('ready', 'delayed', 'succeeded', ...)
-# up to '--', then queue names. Deletes up to CHUNK jobs; returns {deleted, 1 if more may remain}.
+# up to '--', then queue names. Deletes up to CHUNK jobs; returns {deleted, 1 if more may remain}. Jobs
+# expired by the clock are stored so first (a purge of queued jobs leaves them, one of expired jobs takes
+# them); a job whose lease lapsed is queued (its worker died or hung). Every job to delete is chosen before
+# any is: a holder's deferred job queued by the purge is not purged with the queued ones.
 PURGE = lua(
+    SEQ,
+    WAKE,
     PROMOTE,
+    RELEASE,
+    EXPIRY,
     """
 local now = ARGV[2]
 local kinds, queues, i = {}, {}, 4
 while ARGV[i] ~= '--' do kinds[#kinds + 1] = ARGV[i]; i = i + 1 end
 if ARGV[3] == '1' then queues = redis.call('SMEMBERS', P .. ':queues') else queues = {unpack(ARGV, i + 1)} end
-local budget, deleted = CHUNK, 0
+local budget, done, deleted = CHUNK, 0, 0
 for _, queue in ipairs(queues) do
+  done = done + expire_due(queue, now, budget - done)
+  if done >= budget then return {deleted, 1} end
   promote(queue, now)
+  local chosen = {}
   for _, kind in ipairs(kinds) do
     local index = key(kind, queue)
-    local ids = redis.call('ZRANGE', index, 0, budget - deleted - 1)
-    if #ids > 0 then
-      for _, id in ipairs(ids) do redis.call('DEL', key('job', id)) end
-      redis.call('ZREM', index, unpack(ids))
-      redis.call('ZREM', P .. ':jobs', unpack(ids))
-      redis.call('ZREM', P .. ':expires', unpack(ids))
-      deleted = deleted + #ids
-      if deleted == budget then return {deleted, 1} end
+    local ids = redis.call('ZRANGE', index, 0, budget - done - 1)
+    if #ids > 0 then chosen[#chosen + 1] = {index, ids}; done = done + #ids end
+    if kind == 'ready' and done < budget then
+      local running = key('running', queue)
+      local lapsed = redis.call('ZRANGEBYSCORE', running, '-inf', '(' .. now, 'LIMIT', 0, budget - done)
+      if #lapsed > 0 then chosen[#chosen + 1] = {running, lapsed}; done = done + #lapsed end
+    end
+    if done >= budget then break end
+  end
+  for _, group in ipairs(chosen) do
+    local ids = group[2]
+    redis.call('ZREM', group[1], unpack(ids))
+    redis.call('ZREM', key('start_by', queue), unpack(ids))
+    redis.call('ZREM', P .. ':jobs', unpack(ids))
+    redis.call('ZREM', P .. ':expires', unpack(ids))
+  end
+  for _, group in ipairs(chosen) do
+    for _, id in ipairs(group[2]) do
+      local job = key('job', id)
+      local st = redis.call('HMGET', job, 'status', 'queue', 'task', 'key')
+      redis.call('DEL', job)
+      deleted = deleted + 1
+      if st[4] then
+        -- A holder frees its key (the job deferred behind it is queued); a deferred job its place. The job may
+        -- be one this loop queued a moment ago: out of the sets it entered, too.
+        local f = field(st[3], st[4])
+        if st[1] == 'deferred' then
+          if redis.call('HGET', P .. ':keys_deferred', f) == id then redis.call('HDEL', P .. ':keys_deferred', f) end
+        else
+          for _, kind in ipairs({'ready', 'delayed', 'start_by'}) do redis.call('ZREM', key(kind, st[2]), id) end
+          release(f, id, now)
+        end
+      end
     end
   end
+  if done >= budget then return {deleted, 1} end
 end
 return {deleted, 0}
 """,
@@ -493,7 +872,7 @@ local ids = redis.call('ZRANGEBYSCORE', P .. ':expires', '-inf', now, 'LIMIT', 0
 for _, id in ipairs(ids) do
   local job = key('job', id)
   local st = redis.call('HMGET', job, 'status', 'queue')
-  if st[1] == 'succeeded' or st[1] == 'failed' or st[1] == 'cancelled' then
+  if st[1] == 'succeeded' or st[1] == 'failed' or st[1] == 'cancelled' or st[1] == 'expired' then
     redis.call('DEL', job)
     redis.call('ZREM', P .. ':jobs', id)
     redis.call('ZREM', key(st[1], st[2]), id)
@@ -502,7 +881,8 @@ end
 if #ids > 0 then redis.call('ZREM', P .. ':expires', unpack(ids)) end
 if #ids < CHUNK then
   for _, queue in ipairs(redis.call('SMEMBERS', P .. ':queues')) do
-    local kinds, empty = {'ready', 'delayed', 'running', 'succeeded', 'failed', 'cancelled'}, true
+    local kinds, empty = {'ready', 'delayed', 'running', 'deferred', 'succeeded', 'failed', 'cancelled',
+      'expired'}, true
     for _, kind in ipairs(kinds) do
       if redis.call('EXISTS', key(kind, queue)) == 1 then empty = false; break end
     end
@@ -517,12 +897,15 @@ return #ids
     flags="allow-oom",
 )
 
+#: The index each status's jobs are in, for ``purge`` (running jobs are never deleted: none here).
 STATUS_KINDS = {
     JobStatus.QUEUED: "ready",
     JobStatus.SCHEDULED: "delayed",
     JobStatus.SUCCEEDED: "succeeded",
     JobStatus.FAILED: "failed",
     JobStatus.CANCELLED: "cancelled",
+    JobStatus.EXPIRED: "expired",
+    JobStatus.DEFERRED: "deferred",
 }
 
 
@@ -534,14 +917,15 @@ def _float(text: str | None) -> float | None:
     return None if text is None else float(text)
 
 
-def record(values: Sequence[Any]) -> JobRecord:
+def record(values: Sequence[Any], now: float | None = None) -> JobRecord:
     """The record of a script's reply: the hash fields in ``FIELDS`` order, then the id (then, for a payload
-    cut by ``PREVIEW``, its whole length)."""
+    cut by ``PREVIEW``, its whole length). A queued job never started whose ``start_by`` passed by ``now``
+    (default: the time now) is ``EXPIRED``, as a dequeue will store it."""
     size = int(values[-1]) if len(values) > len(FIELDS) + 1 else None
     (task, queue, payload, priority, status, attempts, retries, timeout, eta, enqueued_at, started_at,
-     finished_at, lease_until, worker, result, error, traceback, expires_at, lost,
+     finished_at, lease_until, worker, result, error, traceback, expires_at, lost, key, start_by,
      job_id) = values[: len(FIELDS) + 1]  # fmt: skip
-    return JobRecord(
+    found = JobRecord(
         id=job_id,
         task=task,
         queue=queue,
@@ -562,5 +946,10 @@ def record(values: Sequence[Any]) -> JobRecord:
         traceback=traceback,
         expires_at=_float(expires_at),
         lost=int(lost or 0),
+        key=key,
+        start_by=_float(start_by),
         payload_size=size,
     )
+    if found.status is JobStatus.QUEUED and found.expired(time.time() if now is None else now):
+        found.status = JobStatus.EXPIRED
+    return found
