@@ -72,7 +72,8 @@ its next command. Redis's own key expiry is not used for results: a finished job
 hash that vanished under them would leave them counting a ghost; ``expire()`` (every worker runs it every
 minute) deletes a job from every key at once.
 
-The scripts are in ``_scripts.py``, the connections in ``_link.py``; this module is the contract.
+The scripts are in ``_scripts.py`` (those of keys and schedules in ``_keyed.py``, those that only read in
+``_reads.py``), the connections in ``_link.py``; this module is the contract.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ....exceptions import BackendError, ConfigurationError
 from ...records import FINISHED, JobRecord, JobStatus, ScheduleState, WorkerInfo
 from ..base import ON_CONFLICT, Backend, duplicate, hide_secrets, scrub
-from . import _scripts
+from . import _keyed, _reads, _scripts
 from ._link import Links
 
 __all__ = ["RedisBackend"]
@@ -279,7 +280,7 @@ class RedisBackend(Backend):
                 _scripts.optional(r.key),
                 _scripts.optional(r.start_by),
             )
-        reply = self._eval(_scripts.ENQUEUE_KEYED, args)
+        reply = self._eval(_keyed.ENQUEUE_KEYED, args)
         if reply is None:
             return None
         if len(reply) > 1:
@@ -303,7 +304,7 @@ class RedisBackend(Backend):
 
     @_reporting
     def pause_schedule(self, schedule: str, paused: bool) -> None:
-        self._eval(_scripts.PAUSE_SCHEDULE, [self.prefix, schedule, "1" if paused else "0"])
+        self._eval(_keyed.PAUSE_SCHEDULE, [self.prefix, schedule, "1" if paused else "0"])
 
     def _new_ids(self, count: int) -> list[tuple[str, int]]:
         """Ids for ``count`` new jobs, and their sequence numbers.
@@ -535,11 +536,11 @@ class RedisBackend(Backend):
         args: list[str | float] = [self.prefix, time.time(), "1" if queue is None else "0"]
         if queue is not None:
             args.append(queue)
-        return int(self._eval(_scripts.SIZE, args))
+        return int(self._eval(_reads.SIZE, args))
 
     @_reporting
     def counts(self) -> dict[str, dict[str, int]]:
-        flat = self._eval(_scripts.COUNTS, [self.prefix, time.time()])
+        flat = self._eval(_reads.COUNTS, [self.prefix, time.time()])
         order = [str(status) for status in JobStatus]  # the script's order
         width = len(order) + 1
         counts: dict[str, dict[str, int]] = {}
@@ -575,11 +576,11 @@ class RedisBackend(Backend):
             ]
             if queue is not None:
                 args.append(queue)
-            return [_scripts.record(values, now) for values in self._eval(_scripts.FINISHED_PAGE, args)]
+            return [_scripts.record(values, now) for values in self._eval(_reads.FINISHED_PAGE, args)]
         if status is None and queue is None:
             return [
                 _scripts.record(values, now)
-                for values in self._eval(_scripts.PAGE, [self.prefix, offset, limit, cut])
+                for values in self._eval(_reads.PAGE, [self.prefix, offset, limit, cut])
             ]
         # Filtered by queue or by a status that changes with time: look through the jobs, newest first, a
         # chunk per script; the newest jobs are the ones queued, scheduled and running, so this ends soon.
@@ -588,7 +589,7 @@ class RedisBackend(Backend):
         below: str | None = "+inf"
         seen = 0
         while below is not None and len(found) < offset + limit:
-            reply = self._eval(_scripts.SCAN, [self.prefix, now, below, seen, queue or "", wanted, cut])
+            reply = self._eval(_reads.SCAN, [self.prefix, now, below, seen, queue or "", wanted, cut])
             found += (_scripts.record(values, now) for values in reply[0])
             below, seen = (reply[1], int(reply[2])) if len(reply) > 1 else (None, 0)
         return found[offset : offset + limit]
