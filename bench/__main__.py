@@ -1,7 +1,7 @@
-"""``python -m bench [overhead|overload|commit_hooks|tasks|backends|crash|dashboard|wsgiplus]``: run the
-benchmarks, print their tables, keep the raw figures.
+"""``python -m bench [overhead|overload|commit_hooks|tasks|backends|crash|dashboard|wsgiplus|scheduling]``:
+run the benchmarks, print their tables, keep the raw figures.
 
-``make bench`` runs them all with the issues' numbers (about 17 minutes, and about an hour more for
+``make bench`` runs them all with the issues' numbers (about 23 minutes, and about an hour more for
 ``backends``, whose slowest peers take minutes per 20,000 jobs); ``--quick`` is a smoke run of a few
 seconds per step. Every duration can be set by a flag or, for ``make bench``, by the environment variable
 named in ``--help``. Raw figures go to ``bench/results/`` (not committed); ``docs/benchmarks.md`` quotes them.
@@ -15,7 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _report, backends, commit_hooks, crash, dashboard, overhead, overload, tasks, wsgiplus
+from . import (
+    _report,
+    backends,
+    commit_hooks,
+    crash,
+    dashboard,
+    overhead,
+    overload,
+    scheduling,
+    tasks,
+    wsgiplus,
+)
 from ._cli import add_options, config_from
 
 # Settings of a smoke run: each step lasts a few seconds, nothing is repeated.
@@ -43,6 +54,7 @@ _OWN_FLAGS: dict[str, Callable[[list[str]], int]] = {
     "crash": crash.main,
     "dashboard": dashboard.main,
     "wsgiplus": wsgiplus.main,
+    "scheduling": scheduling.main,
 }
 
 

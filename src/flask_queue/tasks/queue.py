@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 import click
@@ -368,7 +368,7 @@ class TaskQueue:
         state = self.state(app)
         key = schedule.key()
         # With overlap=False the run takes the schedule's key too: it returns the job still unfinished.
-        options = schedule.options if key is None else replace(schedule.options, key=key, keys=(key,))
+        options = schedule.options if key is None else schedule.options.but(key=key, keys=(key,))
         [job] = self._store(state, schedule.task, options, [self._tick_payload(schedule, time.time())])
         return job
 
@@ -443,8 +443,8 @@ class TaskQueue:
         calls: Sequence[tuple[Sequence[Any], Mapping[str, Any]]],
     ) -> list[Job]:
         payloads = [self.serializer.dumps_call(task.name, args, kwargs) for args, kwargs in calls]
-        if options.key is not None:
-            options = replace(options, keys=_keys_of(task, options, calls))
+        if options.key is not None and (len(calls) > 1 or not isinstance(options.key, str)):
+            options = options.but(keys=_keys_of(task, options, calls))
         if options.session is not None:
             return self._store_in_transaction(self.state(), task, options, payloads)
         return self._store(self.state(), task, options, payloads)
@@ -460,7 +460,7 @@ class TaskQueue:
         state = self.state()
         payload = self.serializer.dumps_call(task.name, args, kwargs)
         if options.key is not None:
-            options = replace(options, keys=_keys_of(task, options, [(args, kwargs)]))
+            options = options.but(keys=_keys_of(task, options, [(args, kwargs)]))
         on_commit(lambda: self._store(state, task, options, [payload]), session=options.session)
 
     def _store(
@@ -531,7 +531,7 @@ class TaskQueue:
             raise ValueError(
                 f"{task.name}: expires_at is not after the time the job is due, so it could never run"
             )
-        keys = options.keys or [None] * len(payloads)
+        keys = options.keys or [options.key if isinstance(options.key, str) else None] * len(payloads)
         return [
             JobRecord(
                 id="",

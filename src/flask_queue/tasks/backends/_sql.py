@@ -129,7 +129,7 @@ INSERT_KEYED = (
 )
 EXPIRE_HOLDER = (
     "UPDATE flask_queue_jobs SET status = 'expired', finished_at = :now"
-    f" WHERE task = :task AND key = :key AND {EXPIRING}"
+    f" WHERE task = :task AND key = :key AND {EXPIRING} RETURNING seq"
 )
 HOLDER = "SELECT seq, token, lease_until FROM flask_queue_jobs WHERE task = :task AND key = :key AND status = :status"
 #: A holder that is not running (never started, or its lease lapsed) takes the new call.
@@ -150,10 +150,12 @@ def store_keyed(run: Run, row: dict[str, Any], on_conflict: str, now: float) -> 
     statement inside the caller's transaction and returns its rows."""
     params = {**row, "now": now}
     for _ in range(KEY_ATTEMPTS):
-        run(EXPIRE_HOLDER, params)
+        # The insert first: a free key (the common case) costs one statement, as a job without a key.
         inserted = run(INSERT_KEYED, {**params, "status": "queued"})
         if inserted:
             return f"{inserted[0][0]}-{row['token']:08x}"
+        if run(EXPIRE_HOLDER, params):
+            continue  # the holder had expired by the clock: now stored so, the key is free
         holders = run(HOLDER, {**params, "status": "queued"})
         if not holders:
             continue  # it ended meanwhile (PostgreSQL): try again

@@ -307,6 +307,15 @@ class SQLiteBackend(Backend):
 
     def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         db = self._db()
+        if len(records) == 1 and records[0].key is not None:
+            # A free key (the common case) is one autocommit insert, as a job without one; a key that is held
+            # takes the whole transaction of _store.
+            token = random.getrandbits(32)
+            row = (*_row(records[0], token), records[0].key)
+            cursor = self._retrying(lambda: db.execute(_INSERT_IF_FREE, row))
+            if cursor.rowcount == 1:
+                self._woken(1)
+                return [f"{cursor.lastrowid}-{token:08x}"]
         if any(record.key is not None for record in records):
             with self._write():
                 ids = self._store(
@@ -320,12 +329,15 @@ class SQLiteBackend(Backend):
                 with self._write():
                     seqs = [db.execute(_INSERT, row).lastrowid for row in rows]
             ids = [f"{seq}-{row[0]:08x}" for seq, row in zip(seqs, rows, strict=True)]
-        # Wake this process's idle workers; with none waiting, skip the lock. A worker about to wait that misses
-        # this sees the commit through PRAGMA data_version within poll_interval.
+        self._woken(len(records))
+        return ids
+
+    def _woken(self, count: int) -> None:
+        """Wake this process's idle workers after an enqueue; with none waiting, skip the lock. A worker about
+        to wait that misses this sees the commit through PRAGMA data_version within poll_interval."""
         if self._idle:
             with self._ready:
-                self._ready.notify(len(records))
-        return ids
+                self._ready.notify(count)
 
     @staticmethod
     def _store(run: _sql.Run, records: Sequence[JobRecord], on_conflict: str) -> list[str]:
@@ -721,6 +733,13 @@ def _split(script: str) -> list[str]:
             current = ""
     return statements
 
+
+#: A job with a key if the key is free: ``_INSERT`` and the key, positional (no RETURNING: the rowcount and the
+#: rowid say the same for less).
+_INSERT_IF_FREE = (
+    "INSERT INTO flask_queue_jobs (token, task, queue, payload, priority, status, attempts, retries, timeout, eta,"
+    " enqueued_at, start_by, key) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
 
 #: Whether any job expired by the clock waits to be stored so (a read, on the start_by index: no write lock).
 _EXPIRING = f"SELECT 1 FROM flask_queue_jobs WHERE {_sql.EXPIRING} LIMIT 1"
