@@ -369,3 +369,25 @@ def test_a_schedule_added_after_the_workers_started_ticks_too(make_queue: MakeQu
         ran.append("late")
 
     wait_for(lambda: len(ran) >= 2, timeout=10)
+
+
+def test_schedule_actions_take_the_task_itself(make_queue: MakeQueue) -> None:
+    _, tasks = make_queue(workers=0)
+
+    @tasks.periodic(cron=" 0  3 * * * ")  # spaces as a crontab may have them
+    def nightly() -> None: ...
+
+    @tasks.task
+    def unscheduled() -> None: ...
+
+    assert tasks.schedules[nightly.name].cron == "0 3 * * *"
+    tasks.pause(nightly)
+    assert tasks.schedule_states()[0]["paused"]
+    tasks.resume(nightly)
+    job = tasks.run_now(nightly)
+    assert job.task == nightly.name
+    with pytest.raises(LookupError, match="has no schedule"):
+        tasks.run_now(unscheduled)
+    tasks.periodic(every=60, name="nightly-too")(nightly)
+    with pytest.raises(LookupError, match=r"has several schedules: name one \(nightly-too, "):
+        tasks.run_now(nightly)

@@ -147,3 +147,30 @@ def test_two_processes_racing_one_key_leave_one_job(
     assert len(ids) == 1
     keyed = [record for record in tasks.backend(app).jobs() if record.key == "invoice:1"]
     assert [record.id for record in keyed] == list(ids)
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_gunicorn_workers_keep_the_schedule_before_any_request(
+    tmp_path: Path, backend_url_of: Callable[[str], str], preload: bool
+) -> None:
+    """A web app nobody has called yet (just deployed, or idle overnight) still ticks: its gunicorn workers start
+    their task workers without waiting for a request."""
+    env = Env(tmp_path, backend=backend_url_of("sqlite"))
+    env.vars["FLASK_QUEUE_TEST_EVERY"] = str(EVERY)
+    app = Flask("client", instance_path=str(tmp_path))
+    tasks = TaskQueue(app, backend=env.backend, workers=0)
+    command = ["-m", "gunicorn", "--workers=2", "--worker-class=gthread", f"--bind=127.0.0.1:{free_port()}"]
+    if gunicorn_has_no_control_socket():
+        command.append("--no-control-socket")
+    if preload:
+        command.append("--preload")
+    server = env.spawn(*command, f"{APP}:app", name="gunicorn")
+    try:
+        with env.diagnose("gunicorn"):
+            wait_until("two web processes with task workers", lambda: len(tasks.backend(app).workers()) == 2)
+            wait_until("ticks with no request made", lambda: len(enqueued_ticks(tasks, app)) >= 5)
+        pids = {info.pid for info in tasks.backend(app).workers()}
+        assert server.pid not in pids  # never the master, with --preload either
+    finally:
+        env.stop_all()
+        tasks.backend(app).close()

@@ -207,13 +207,17 @@ class TaskQueue:
         self._apps.add(app)
         self._only = state if len(self._apps) == 1 else None
         app.before_request(lambda: self._ensure_started(state))
-        if not state.no_workers and _flask_command() == ("run", True):
-            # The dev server's process (the reloader's child after each restart): start the workers without
-            # waiting for a request, so a backlog does not sit idle, but once the app factory has finished
-            # setting the app up (a job must not run before the extensions it uses exist).
-            starter = threading.Timer(FLASK_RUN_START_DELAY, self._start_quietly, args=(state,))
-            starter.daemon = True
-            starter.start()
+        if not state.no_workers:
+            server = _server_loading_app()
+            if server == "serving" or _flask_command() == ("run", True):
+                # A process that serves requests (flask run's, a gunicorn worker, waitress-serve's): start the
+                # workers without waiting for a request, so that schedules tick and a backlog drains on an idle
+                # app, but once the app factory has finished setting the app up (a job must not run before
+                # the extensions it uses exist).
+                self._start_soon(state)
+            elif server == "forking":
+                # gunicorn --preload: this is the master, which forks the workers after this: each starts its own.
+                _FORKED_SERVERS.add(state)
         from .cli import queue_command
 
         if "queue" not in app.cli.commands:
@@ -353,15 +357,15 @@ class TaskQueue:
             )
         return listed
 
-    def pause(self, name: str, app: Flask | None = None) -> None:
+    def pause(self, name: str | Task[..., Any], app: Flask | None = None) -> None:
         """Pause a schedule in every process: its ticks pass without jobs until ``resume``."""
         self.state(app).backend.pause_schedule(self._schedule(name).name, True)
 
-    def resume(self, name: str, app: Flask | None = None) -> None:
+    def resume(self, name: str | Task[..., Any], app: Flask | None = None) -> None:
         """Resume a paused schedule from its next tick (the ticks that passed paused are not caught up)."""
         self.state(app).backend.pause_schedule(self._schedule(name).name, False)
 
-    def run_now(self, name: str, app: Flask | None = None) -> Job:
+    def run_now(self, name: str | Task[..., Any], app: Flask | None = None) -> Job:
         """Enqueue a schedule's job now, outside its ticks (``tick`` is now); its ticks are not changed. With
         ``overlap=False``, a job of the schedule still unfinished is returned instead."""
         schedule = self._schedule(name)
@@ -372,7 +376,16 @@ class TaskQueue:
         [job] = self._store(state, schedule.task, options, [self._tick_payload(schedule, time.time())])
         return job
 
-    def _schedule(self, name: str) -> Schedule:
+    def _schedule(self, name: str | Task[..., Any]) -> Schedule:
+        """The schedule named ``name``, or the one schedule of the task ``name``."""
+        if isinstance(name, Task):
+            mine = [schedule for schedule in self.schedules.values() if schedule.task is name]
+            if len(mine) == 1:
+                return mine[0]
+            raise LookupError(
+                f"{name!r} has {'no schedule' if not mine else 'several schedules'}: name one"
+                f" ({', '.join(sorted(schedule.name for schedule in mine)) or 'none'})"
+            )
         try:
             return self.schedules[name]
         except KeyError:
@@ -417,8 +430,9 @@ class TaskQueue:
                     raise RuntimeError(
                         "this TaskQueue is set up on no app yet (call tasks.init_app(app))"
                         if not apps
-                        else "this TaskQueue serves several apps: name the app (tasks.drain(app),"
-                        " tasks.state(app)) or enqueue inside an app context (with app.app_context())"
+                        else "this TaskQueue serves several apps (in a test suite: each test's): name the app"
+                        " (tasks.drain(app), tasks.run_now(name, app), tasks.state(app)) or call it inside an"
+                        " app context (with app.app_context())"
                     )
                 app = apps[0]
         state: QueueState | None = app.extensions.get(_keys.TASKS)
@@ -620,6 +634,11 @@ class TaskQueue:
             worker.start()
             state.worker = worker
 
+    def _start_soon(self, state: QueueState) -> None:
+        starter = threading.Timer(FLASK_RUN_START_DELAY, self._start_quietly, args=(state,))
+        starter.daemon = True
+        starter.start()
+
     def _start_quietly(self, state: QueueState) -> None:
         try:
             self._ensure_started(state, explicit=True)
@@ -753,6 +772,23 @@ def _flask_command() -> tuple[str | None, bool]:
     return None, False
 
 
+def _server_loading_app() -> str | None:
+    """What is loading the app, from the modules on the stack: ``"serving"`` in a process that serves requests
+    and forks no more (a gunicorn worker, ``waitress-serve``), ``"forking"`` in gunicorn's master with
+    ``--preload`` (it forks the workers next), ``None`` for anything else (a script, a test, uWSGI, whose
+    workers start at their first request)."""
+    frame = sys._getframe(1)
+    found = None
+    while frame is not None:
+        module = frame.f_globals.get("__name__") or ""
+        if module.startswith("gunicorn.workers.") or module == "waitress.runner":
+            return "serving"
+        if module == "gunicorn.arbiter":
+            found = "forking"
+        frame = frame.f_back  # type: ignore[assignment]
+    return found
+
+
 def _must_not_start_workers() -> bool:
     """Whether this process must not start workers by itself: a ``flask`` command that does not serve."""
     command, serving = _flask_command()
@@ -789,13 +825,22 @@ def _shutdown(state: QueueState, timeout: float | None) -> StopReport:
 
 _fork_lock = threading.Lock()
 
+#: The states set up in gunicorn's master with ``--preload``: each worker it forks starts their workers.
+_FORKED_SERVERS: weakref.WeakSet[QueueState] = weakref.WeakSet()
 
-def _new_fork_lock() -> None:
+
+def _after_fork_in_child() -> None:
     global _fork_lock
     _fork_lock = threading.Lock()  # a parent thread may have held the old one at the fork
+    # A gunicorn worker: start the workers of the master's apps, then forget them, so that a process this
+    # worker forks in turn (multiprocessing, say) does not start workers of its own.
+    forked = list(_FORKED_SERVERS)
+    _FORKED_SERVERS.clear()
+    for state in forked:
+        state.extension._start_soon(state)
 
 
-os.register_at_fork(after_in_child=_new_fork_lock)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _AtExit:

@@ -234,6 +234,8 @@ class Scheduler:
 def _cron(where: str, line: object) -> str:
     from cronsim import CronSim, CronSimError
 
+    if isinstance(line, str):
+        line = " ".join(line.split())
     if not isinstance(line, str) or len(line.split()) != 5:
         raise _checks.fail(
             f"{where}: cron",
