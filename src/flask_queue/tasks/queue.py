@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -777,7 +778,7 @@ def _server_loading_app() -> str | None:
     and forks no more (a gunicorn worker, ``waitress-serve``), ``"forking"`` in gunicorn's master with
     ``--preload`` (it forks the workers next), ``None`` for anything else (a script, a test, uWSGI, whose
     workers start at their first request)."""
-    frame = sys._getframe(1)
+    frame: types.FrameType | None = sys._getframe(1)
     found = None
     while frame is not None:
         module = frame.f_globals.get("__name__") or ""
@@ -785,7 +786,7 @@ def _server_loading_app() -> str | None:
             return "serving"
         if module == "gunicorn.arbiter":
             found = "forking"
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return found
 
 
