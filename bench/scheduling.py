@@ -81,7 +81,7 @@ WARM_ENQUEUES = 50
 class SchedulingConfig:
     """The knobs of the scheduling benchmark (each also a flag and a ``BENCH_<NAME>`` variable)."""
 
-    processes: str = "1,3,8"  # scheduling processes per setup, comma-separated
+    processes: str = "1,3,8"  # scheduling processes per setup, comma-separated; empty for the key part only
     every: float = 1.0  # seconds between ticks (Flask-Queue's every=, APScheduler's IntervalTrigger)
     duration: float = 30.0  # seconds of ticks counted per setup, once all its processes keep the schedule
     huey_duration: float = 130.0  # seconds of Huey's run (a tick a minute); 0 skips Huey
@@ -539,7 +539,7 @@ def _brief(result: dict[str, Any]) -> str:
 def schedules(config: SchedulingConfig, log: Log) -> list[dict[str, Any]]:
     counts = [int(n) for n in config.processes.split(",") if n.strip()]
     results = []
-    if config.huey_duration > 0:
+    if config.huey_duration > 0 and counts:
         log(f"  huey: {', '.join(map(str, counts))} consumers at once, {config.huey_duration:.0f} s ...")
         results += _huey_setups(config, counts, log)
 

@@ -541,13 +541,13 @@ class TaskQueue:
         now = time.time()
         eager = bool(state.settings["eager"])
         due = now if eager else now + options.delay
-        start_by = options.start_by(due)
+        start_by = options.expires_at if options.expires_in is None else due + options.expires_in
         if start_by is not None and start_by <= due and not eager:
             raise ValueError(
                 f"{task.name}: expires_at is not after the time the job is due, so it could never run"
             )
-        keys = options.keys or [options.key if isinstance(options.key, str) else None] * len(payloads)
-        return [
+        key = options.key if isinstance(options.key, str) else None
+        records = [
             JobRecord(
                 id="",
                 task=task.name,
@@ -561,8 +561,12 @@ class TaskQueue:
                 key=key,
                 start_by=start_by,
             )
-            for payload, key in zip(payloads, keys, strict=True)
+            for payload in payloads
         ]
+        if options.keys is not None:
+            for record, each in zip(records, options.keys, strict=True):
+                record.key = each
+        return records
 
     def _enqueued(self, state: QueueState, jobs: list[Job]) -> None:
         """What follows the storing of jobs: their signals, and a run now in eager mode (else the workers)."""

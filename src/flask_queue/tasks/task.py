@@ -66,12 +66,6 @@ class _Options:
             )
         return key
 
-    def start_by(self, due: float) -> float | None:
-        """When a job due at ``due`` must start by, if it has a limit."""
-        if self.expires_in is not None:
-            return due + self.expires_in
-        return self.expires_at
-
 
 class Task(Generic[P, R]):
     """A function made into a task by ``@tasks.task``. Calling it runs it here, now; ``enqueue`` runs it in a
@@ -180,6 +174,22 @@ class Task(Generic[P, R]):
         runs.
         """
         d = self.defaults
+        if (
+            type(key) is str
+            and 0 < len(key) <= MAX_KEY
+            and key.isprintable()
+            and queue
+            is priority
+            is retries
+            is timeout
+            is session
+            is on_conflict
+            is expires_in
+            is expires_at
+            is None
+        ):
+            # The call made on every enqueue of a keyed task, options(key=f"invoice:{id}"): kept short.
+            return BoundTask(self, d.but(key=key))
         if queue is None and priority is None and retries is None and timeout is None:
             options = d  # checked at decoration already: a per-call options(key=...) need not do it again
         else:

@@ -307,12 +307,28 @@ class SQLiteBackend(Backend):
 
     def enqueue(self, records: Sequence[JobRecord], *, on_conflict: str = "return") -> list[str]:
         db = self._db()
-        if len(records) == 1 and records[0].key is not None:
-            # A free key (the common case) is one autocommit insert, as a job without one; a key that is held
-            # takes the whole transaction of _store.
+        if len(records) == 1:
+            # One job, the common case, in one autocommit statement: with a free key as without one (a key that
+            # is held takes the whole transaction of _store, below).
+            r = records[0]
             token = random.getrandbits(32)
-            row = (*_row(records[0], token), records[0].key)
-            cursor = self._retrying(lambda: db.execute(_INSERT_IF_FREE, row))
+            row = (
+                token,
+                r.task,
+                r.queue,
+                r.payload,
+                r.priority,
+                r.retries,
+                r.timeout,
+                r.eta,
+                r.enqueued_at,
+                r.start_by,
+            )
+            if r.key is None:
+                seq = self._retrying(lambda: db.execute(_INSERT, row).lastrowid)
+                self._woken(1)
+                return [f"{seq}-{token:08x}"]
+            cursor = self._retrying(lambda: db.execute(_INSERT_IF_FREE, (*row, r.key)))
             if cursor.rowcount == 1:
                 self._woken(1)
                 return [f"{cursor.lastrowid}-{token:08x}"]
@@ -323,11 +339,8 @@ class SQLiteBackend(Backend):
                 )
         else:
             rows = [_row(record, random.getrandbits(32)) for record in records]
-            if len(rows) == 1:
-                seqs = [self._retrying(lambda: db.execute(_INSERT, rows[0]).lastrowid)]
-            else:
-                with self._write():
-                    seqs = [db.execute(_INSERT, row).lastrowid for row in rows]
+            with self._write():
+                seqs = [db.execute(_INSERT, row).lastrowid for row in rows]
             ids = [f"{seq}-{row[0]:08x}" for seq, row in zip(seqs, rows, strict=True)]
         self._woken(len(records))
         return ids
