@@ -178,15 +178,14 @@ class Task(Generic[P, R]):
             type(key) is str
             and 0 < len(key) <= MAX_KEY
             and key.isprintable()
-            and queue
-            is priority
-            is retries
-            is timeout
-            is session
-            is on_conflict
-            is expires_in
-            is expires_at
-            is None
+            and queue is None
+            and priority is None
+            and retries is None
+            and timeout is None
+            and session is None
+            and on_conflict is None
+            and expires_in is None
+            and expires_at is None
         ):
             # The call made on every enqueue of a keyed task, options(key=f"invoice:{id}"): kept short.
             return BoundTask(self, d.but(key=key))
