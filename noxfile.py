@@ -34,7 +34,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: the suite runs on that, and the tests that use SQLAlchemy on 2.0.0 after it (``SQLALCHEMY_FLOOR``).
 OLDEST = [
     "flask==3.0.0",
-    "cronsim==2.6",
+    "cronsim==2.7",
     "werkzeug==3.0.0",
     "click==8.1.3",
     "blinker==1.6.2",

@@ -131,8 +131,9 @@ class Schedule:
             return self._grid(self._index(until))
         from cronsim import CronSim
 
-        # cronsim's reverse iteration counts the start itself only when it has microseconds to strip.
-        start = dt.datetime.fromtimestamp(math.floor(until), self.tz).replace(microsecond=1)
+        # Reverse iteration yields the ticks strictly before a whole-second start (cronsim 2.7 and later; 2.8
+        # also counts the start itself when it has microseconds, 2.7 does not): start a second after ``until``.
+        start = dt.datetime.fromtimestamp(math.floor(until) + 1, self.tz)
         found = next(CronSim(self.cron or "", start, reverse=True), None)
         return None if found is None else found.timestamp()
 
