@@ -142,7 +142,8 @@ def test_every_key_starts_with_the_prefix_in_the_database_named(
         }
         assert admin.hget(f"{prefix}:job:{job_id}", "status") == "succeeded"
         # Nothing of ours went to the database the URL did not name.
-        assert not list(redis.Redis.from_url(REDIS_URL).scan_iter(match=f"{prefix}:*"))
+        with redis.Redis.from_url(REDIS_URL) as default_db:  # closed here, not by a later test's gc.collect()
+            assert not list(default_db.scan_iter(match=f"{prefix}:*"))
     finally:
         keys = list(admin.scan_iter(match=f"{prefix}:*"))
         if keys:
