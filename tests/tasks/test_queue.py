@@ -743,3 +743,61 @@ def test_a_backend_scheme_is_case_insensitive(tmp_path: Path) -> None:
     tasks = TaskQueue(app, backend="SQLite:///jobs.sqlite3", workers=0)
     assert tasks.backend(app).url == f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     tasks.backend(app).close()
+
+
+# -- retry control ---------------------------------------------------------------------------------------------
+
+
+def test_retry_on_retries_only_the_exceptions_named(make_queue: MakeQueue) -> None:
+    _, tasks = make_queue(workers=0)
+    attempts: list[str] = []
+
+    @tasks.task(retries=3, retry_on=(ConnectionError, TimeoutError))
+    def call_partner(error: str) -> None:
+        attempts.append(error)
+        raise {"connection": ConnectionError, "bad input": KeyError}[error](error)
+
+    flaky = call_partner.enqueue("connection")
+    tasks.drain()
+    assert attempts.count("connection") == 4  # the first attempt and its 3 retries
+    assert flaky.status is JobStatus.FAILED
+    wrong = call_partner.enqueue("bad input")
+    tasks.drain()
+    assert attempts.count("bad input") == 1  # not named in retry_on: failed at once
+    assert wrong.status is JobStatus.FAILED
+    assert "KeyError" in (wrong.error or "")
+
+
+def test_fail_on_fails_at_once_whatever_retry_on_says(make_queue: MakeQueue) -> None:
+    _, tasks = make_queue(workers=0)
+    attempts: list[type[BaseException]] = []
+
+    @tasks.task(retries=3, fail_on=ValueError)
+    def parse(kind: str) -> None:
+        exc: type[Exception] = ValueError if kind == "value" else OSError
+        attempts.append(exc)
+        raise exc(kind)
+
+    parse.enqueue("value")
+    parse.enqueue("os")
+    tasks.drain()
+    assert attempts.count(ValueError) == 1
+    assert attempts.count(OSError) == 4
+
+    @tasks.task(retries=2, retry_on=LookupError, fail_on=KeyError)  # KeyError is a LookupError: fail_on wins
+    def lookup() -> None:
+        attempts.append(KeyError)
+        raise KeyError("missing")
+
+    attempts.clear()
+    lookup.enqueue()
+    tasks.drain()
+    assert attempts == [KeyError]
+
+
+@pytest.mark.parametrize("value", ["ValueError", ValueError("x"), (ValueError, "x"), (), int, [ValueError]])
+def test_retry_on_and_fail_on_take_exception_classes(make_queue: MakeQueue, value: object) -> None:
+    _, tasks = make_queue(workers=0)
+    for option in ("retry_on", "fail_on"):
+        with pytest.raises(ValueError, match=f"{option} must be an exception class or a tuple of them"):
+            tasks.task(name=f"bad-{option}", **{option: value})(lambda: None)

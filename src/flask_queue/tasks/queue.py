@@ -239,6 +239,8 @@ class TaskQueue:
         timeout: float | None = ...,
         queue: str = ...,
         priority: int = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] | None = ...,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -252,14 +254,18 @@ class TaskQueue:
         timeout: float | None = None,
         queue: str = DEFAULT_QUEUE,
         priority: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> Any:
         """Make a function a task: ``@tasks.task`` or ``@tasks.task(name=..., retries=..., ...)``.
 
         ``name`` (default: ``module.qualname``) is what a job records, so keep it stable across deploys;
         ``retries`` attempts after the first; ``retry_backoff`` seconds before the first retry, doubled each
         time with full jitter, at most ``retry_backoff_max`` (default ``TASK_QUEUE_RETRY_BACKOFF_MAX``);
-        ``timeout`` seconds an attempt may run; ``queue`` and ``priority`` (lower runs first). Bad values raise
-        ``ValueError`` here, at decoration.
+        ``timeout`` seconds an attempt may run; ``queue`` and ``priority`` (lower runs first); ``retry_on``
+        (an exception class or a tuple: only those are retried, any other fails the job at once) and
+        ``fail_on`` (those fail it at once, whatever ``retry_on`` says). Bad values raise ``ValueError`` here, at
+        decoration.
         """
 
         def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -273,6 +279,8 @@ class TaskQueue:
                 timeout=timeout,
                 queue_name=queue,
                 priority=priority,
+                retry_on=retry_on,
+                fail_on=fail_on,
             )
             if task.name in self.tasks and self.tasks[task.name].func is not func:
                 raise ValueError(f"two tasks are named {task.name!r}; give one of them name=...")

@@ -83,6 +83,8 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         queue_name: str = DEFAULT_QUEUE,
         priority: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        fail_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
     ) -> None:
         if not callable(func) or isinstance(func, type):
             raise TypeError(f"@task decorates a function, not {type(func).__name__} {func!r}")
@@ -102,6 +104,9 @@ class Task(Generic[P, R]):
         _checks.name("task name", self.name)
         self.retry_backoff = _checks.number(f"{self.name}: retry_backoff", retry_backoff)
         self.retry_backoff_max = _checks.optional_number(f"{self.name}: retry_backoff_max", retry_backoff_max)
+        #: The exceptions that are retried (``None``: every one), and those that fail the job at once.
+        self.retry_on = _exception_types(f"{self.name}: retry_on", retry_on)
+        self.fail_on = _exception_types(f"{self.name}: fail_on", fail_on)
         self._queue = queue
         self.defaults = _make_options(self.name, queue_name, priority, retries, timeout)
         self.__doc__ = func.__doc__
@@ -110,6 +115,13 @@ class Task(Generic[P, R]):
         #: The time zone of the ``tick`` its schedule passes it, which a job stores as ISO 8601 text; ``None``
         #: while no schedule passes one.
         self.tick_zone: dt.tzinfo | None = None
+
+    def retries_on(self, exc: BaseException) -> bool:
+        """Whether a failed attempt that raised ``exc`` may be retried (if retries are left): not if it is one
+        of ``fail_on``, nor, when ``retry_on`` is given, if it is none of those."""
+        if self.fail_on and isinstance(exc, self.fail_on):
+            return False
+        return self.retry_on is None or isinstance(exc, self.retry_on)
 
     def run(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> R:
         """Run one job's call here (a worker does): ``func`` with a schedule's ``tick`` made a ``datetime``."""
@@ -257,6 +269,16 @@ class BoundTask(Generic[P, R]):
 
     def enqueue_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
         self.task._queue._enqueue_on_commit(self.task, self._options, args, kwargs)
+
+
+def _exception_types(setting: str, value: object) -> tuple[type[BaseException], ...] | None:
+    """``None``, or exception classes as a tuple (one class is a tuple of one)."""
+    if value is None:
+        return None
+    classes = value if isinstance(value, tuple) else (value,)
+    if not classes or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in classes):
+        raise _checks.fail(setting, "an exception class or a tuple of them", value)
+    return classes
 
 
 def _timestamp(what: str, when: object) -> float:

@@ -163,7 +163,9 @@ class Executor:
                 self._send(signals.task_failed, job, exception=None)
             return
         failures = record.attempts - record.lost
-        if failures <= record.retries:
+        task = self.tasks.get(record.task)
+        retried = task is None or failure.exc is None or task.retries_on(failure.exc)
+        if failures <= record.retries and retried:
             delay = 0.0 if self.immediate_retries else self.backoff(record.task, failures)
             if self.backend.retry_later(job.id, worker, time.time() + delay, failure.error, failure.trace):
                 log.info("job %s (%s) failed, retry %d of %d in %.1f s: %s", job.id, record.task, failures,
@@ -174,7 +176,8 @@ class Executor:
         if self.backend.finish(
             job.id, worker, JobStatus.FAILED, error=failure.error, traceback=failure.trace, expires_at=expires
         ):
-            log.error("job %s (%s) failed after %d attempt(s): %s\n%s", job.id, record.task, record.attempts,
+            why = "" if retried else " (not retried: retry_on / fail_on)"
+            log.error("job %s (%s) failed after %d attempt(s)%s: %s\n%s", job.id, record.task, record.attempts, why,
                       failure.error, failure.trace)  # fmt: skip
             self._send(signals.task_failed, job, exception=failure.exc)
 
