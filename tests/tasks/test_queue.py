@@ -798,6 +798,8 @@ def test_fail_on_fails_at_once_whatever_retry_on_says(make_queue: MakeQueue) -> 
 @pytest.mark.parametrize("value", ["ValueError", ValueError("x"), (ValueError, "x"), (), int, [ValueError]])
 def test_retry_on_and_fail_on_take_exception_classes(make_queue: MakeQueue, value: object) -> None:
     _, tasks = make_queue(workers=0)
+    options: dict[str, Any] = {}
     for option in ("retry_on", "fail_on"):
+        options = {option: value}  # of no type mypy would let through: the point of the test
         with pytest.raises(ValueError, match=f"{option} must be an exception class or a tuple of them"):
-            tasks.task(name=f"bad-{option}", **{option: value})(lambda: None)
+            tasks.task(name=f"bad-{option}", **options)(lambda: None)
