@@ -312,18 +312,7 @@ class SQLiteBackend(Backend):
             # is held takes the whole transaction of _store, below).
             r = records[0]
             token = random.getrandbits(32)
-            row = (
-                token,
-                r.task,
-                r.queue,
-                r.payload,
-                r.priority,
-                r.retries,
-                r.timeout,
-                r.eta,
-                r.enqueued_at,
-                r.start_by,
-            )
+            row = _row(r, token)
             if r.key is None:
                 seq = self._retrying(lambda: db.execute(_INSERT, row).lastrowid)
                 self._woken(1)

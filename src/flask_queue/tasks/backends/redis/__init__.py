@@ -250,10 +250,10 @@ class RedisBackend(Backend):
                 r.payload,
                 r.priority,
                 r.retries,
-                "" if r.timeout is None else f"={r.timeout!r}",
+                _scripts.optional(r.timeout),
                 r.eta,
                 r.enqueued_at,
-                "" if r.start_by is None else f"={r.start_by!r}",
+                _scripts.optional(r.start_by),
             )
         self._eval(_scripts.ENQUEUE, args)
         return [job_id for job_id, _ in new]
